@@ -1,0 +1,90 @@
+"""What enrich emits and store writes: one record per call, one per ringing leg, quarantined input.
+
+Times are epoch seconds (UTC) rounded to the millisecond; time zones are a presentation concern.
+Field names follow ``tests/fixtures/asterisk/expected_calls.json`` where it names them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Direction = Literal["inbound", "outbound", "internal"]
+Status = Literal["answered", "missed", "no_answer", "busy", "failed", "congestion"]
+HangupBy = Literal["caller", "callee", ""]
+
+EXTERNAL = "external"
+"""``first/last_answered_by`` of an outbound call answered by the far end."""
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One call, however many channels, legs and Asterisk CDR rows it had."""
+
+    call_id: str  # "<pbx_id>:<linkedid>", deterministic
+    pbx_id: str
+    linkedid: str
+    direction: Direction
+    caller: str
+    caller_name: str
+    called: str
+    answered: bool
+    first_answered_by: str | None
+    last_answered_by: str | None
+    status: Status
+    start: float
+    answer: float | None
+    end: float
+    duration_s: float
+    wait_s: float | None
+    talk_s: float
+    hangup_cause: int
+    hangup_cause_text: str
+    hangup_by: HangupBy
+    extensions_rang: tuple[str, ...]
+    queue: str
+    transferred: bool
+    forwarded: bool
+    recordings: tuple[str, ...]
+    disposition: str  # Asterisk's last CDR disposition of the PBX leg ("" when no Cdr event)
+    incomplete: bool  # closed by timeout or end of input before every channel hung up
+    version: int  # grows with every event folded in; the deduplicating table keeps the highest
+
+
+class CallLeg(msgspec.Struct, frozen=True, kw_only=True):
+    """One ringing attempt of an extension (or of the trunk, for outbound calls)."""
+
+    leg_id: str  # "<pbx_id>:<uniqueid of the dialled channel>"
+    call_id: str
+    pbx_id: str
+    linkedid: str
+    kind: Literal["device", "trunk"]
+    extension: str  # the extension that rang, or "external" for a trunk leg
+    channel: str
+    start: float
+    answer: float | None
+    end: float
+    ring_s: float
+    talk_s: float
+    outcome: str  # Asterisk's DialStatus: ANSWER, NOANSWER, CANCEL, BUSY, CHANUNAVAIL, CONGESTION
+    answered: bool
+    version: int
+
+
+QuarantineReason = Literal[
+    "malformed_frame",
+    "invalid_utf8",
+    "oversized_frame",
+    "missing_linkedid",
+    "undecodable",
+]
+
+
+class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
+    """Input that could not be used, kept with the reason so nothing is lost silently."""
+
+    pbx_id: str
+    received_at: float
+    reason: QuarantineReason
+    detail: str
+    raw: str  # the frame as text; undecodable bytes are backslash-escaped

@@ -1,0 +1,1 @@
+"""AMI listener: Asterisk Manager Interface bytes -> typed envelopes (the pipeline source)."""

@@ -1,0 +1,1 @@
+"""The composition root: the `pbxpipe` command wires ingest, enrich and store."""

@@ -1,0 +1,1 @@
+"""Sinks: call records into ClickHouse (clickhouse-connect; chDB embedded by default)."""
