@@ -1,5 +1,212 @@
-"""The `pbxpipe` command (placeholder until the stages are wired)."""
+"""The `pbxpipe` command: the only place that wires ingest, enrich and store together."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+
+from contracts.config import Settings, load_settings, redacted
+from contracts.errors import AmiAuthError, PbxPipeError
+from contracts.logs import configure_logging
+from contracts.profile import DEFAULT_PROFILE, PbxProfile, load_profile
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Call-data pipeline for hosted PBXs: Asterisk AMI -> call records -> ClickHouse.")
+
+# Flags shared by several commands. Each maps to a Settings field and its PBXPIPE_* variable.
+PbxId = Annotated[Optional[str], typer.Option(help="PBX id, prefix of every call id [PBXPIPE_PBX_ID].")]
+Profile = Annotated[Optional[Path], typer.Option("--pbx-profile", help="PBX profile TOML: which channels are trunks and phones [PBXPIPE_PBX_PROFILE].")]
+Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN: chdb:///dir (embedded) or http://user:pass@host:8123/db [PBXPIPE_CLICKHOUSE_DSN].")]
+LogFormat = Annotated[Optional[str], typer.Option(help="auto | json | console [PBXPIPE_LOG_FORMAT].")]
+
+
+def _settings(**flags: Any) -> Settings:
+    settings = load_settings({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
+    configure_logging(settings.log_format)
+    return settings
+
+
+def _profile(settings: Settings) -> PbxProfile:
+    if settings.pbx_profile:
+        return load_profile(settings.pbx_profile)
+    return DEFAULT_PROFILE
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"pbxpipe: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    ami_host: Annotated[Optional[str], typer.Option(help="[PBXPIPE_AMI_HOST]")] = None,
+    ami_port: Annotated[Optional[int], typer.Option(help="[PBXPIPE_AMI_PORT]")] = None,
+    ami_user: Annotated[Optional[str], typer.Option(help="[PBXPIPE_AMI_USER]")] = None,
+    ami_secret: Annotated[Optional[str], typer.Option(help="[PBXPIPE_AMI_SECRET]")] = None,
+    ami_max_retries: Annotated[Optional[int], typer.Option(help="-1 retry forever; N give up (exit 1) after N failed connects [PBXPIPE_AMI_MAX_RETRIES].")] = None,
+    pbx_id: PbxId = None,
+    pbx_profile: Profile = None,
+    clickhouse: Dsn = None,
+    log_format: LogFormat = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without events and open calls.")] = None,
+) -> None:
+    """Every stage in one process against a live AMI, into ClickHouse."""
+    from pbxpipe.pipeline import LivePipeline, open_store
+
+    settings = _settings(ami_host=ami_host, ami_port=ami_port, ami_user=ami_user,
+                         ami_secret=ami_secret, ami_max_retries=ami_max_retries, pbx_id=pbx_id,
+                         pbx_profile=pbx_profile, clickhouse_dsn=clickhouse, log_format=log_format)
+    try:
+        profile = _profile(settings)
+        import structlog
+
+        structlog.get_logger("pbxpipe").info("pipeline_started", **redacted(settings))
+        store = open_store(settings)
+        pipeline = LivePipeline(settings, profile, store)
+        asyncio.run(pipeline.run(idle_exit=idle_exit))
+    except AmiAuthError as e:
+        _fail(str(e), 2)
+    except PbxPipeError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def replay(
+    files: Annotated[list[Path], typer.Argument(help="Raw AMI captures (bytes as received).", exists=True, dir_okay=False)],
+    pbx_id: PbxId = None,
+    pbx_profile: Profile = None,
+    clickhouse: Dsn = None,
+    log_format: LogFormat = None,
+) -> None:
+    """Feed raw AMI captures through the pipeline into ClickHouse (idempotent)."""
+    from pbxpipe.pipeline import replay as do_replay
+
+    settings = _settings(pbx_id=pbx_id, pbx_profile=pbx_profile, clickhouse_dsn=clickhouse,
+                         log_format=log_format)
+    try:
+        profile = _profile(settings)
+        if pbx_id is None and settings.pbx_profile:
+            settings = load_settings({"pbx_id": profile.pbx_id, "pbx_profile": settings.pbx_profile,
+                                      "clickhouse_dsn": settings.clickhouse_dsn})
+        counts = do_replay(files, settings, profile)
+    except PbxPipeError as e:
+        _fail(str(e))
+    typer.echo(f"replayed {counts['frames']} frames: {counts['calls']} calls, "
+               f"{counts['legs']} legs, {counts['quarantined']} quarantined")
+
+
+class CallType(str, Enum):
+    incoming = "incoming"
+    outgoing = "outgoing"
+    internal = "internal"
+    missed = "missed"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _parse_time(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{flag}: not an ISO date or time: {value!r} (e.g. 2026-11-24 or 2026-11-24T08:00)")
+        raise AssertionError from None
+    return t if t.tzinfo else t.replace(tzinfo=tz)
+
+
+TABLE_COLUMNS = ("start_local", "direction", "caller", "called", "status", "last_answered_by",
+                 "wait_s", "talk_s", "duration_s")
+
+
+@app.command()
+def calls(
+    since: Annotated[Optional[str], typer.Option(help="From this time (ISO; in --tz unless it has an offset).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Until this time, exclusive.")] = None,
+    type: Annotated[Optional[CallType], typer.Option("--type", help="incoming | outgoing | internal | missed")] = None,
+    extension: Annotated[Optional[str], typer.Option(help="Calls that rang, were made or answered by this extension.")] = None,
+    number: Annotated[Optional[str], typer.Option(help="Calls from or to this number (digits match).")] = None,
+    status: Annotated[Optional[str], typer.Option(help="answered | missed | no_answer | busy | failed | congestion")] = None,
+    tz: Annotated[str, typer.Option(help="Time zone for --since/--until and shown times.")] = "UTC",
+    limit: Annotated[int, typer.Option(help="At most this many calls, newest first.")] = 1000,
+    format: Annotated[Format, typer.Option("--format", help="table | json | csv")] = Format.table,
+    clickhouse: Dsn = None,
+) -> None:
+    """The call history, read back from ClickHouse."""
+    from pbxpipe.pipeline import open_store
+    from store.queries import call_history
+
+    settings = _settings(clickhouse_dsn=clickhouse, log_format="console")
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail(f"--tz: unknown time zone {tz!r}")
+        raise AssertionError from None
+    try:
+        store = open_store(settings)
+        rows = call_history(store, since=_parse_time(since, zone, "--since"),
+                            until=_parse_time(until, zone, "--until"),
+                            call_type=type.value if type else None, extension=extension,
+                            number=number, status=status, tz=tz, limit=limit)
+    except PbxPipeError as e:
+        _fail(str(e))
+    if format is Format.json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+    elif format is Format.csv:
+        buf = io.StringIO()
+        if rows:
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("|".join(v) if isinstance(v, list) else v) for k, v in r.items()})
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(rows)} calls ({tz})")
+        for col in TABLE_COLUMNS:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in TABLE_COLUMNS))
+        Console().print(table)
+
+
+@app.command()
+def demo(
+    calls_total: Annotated[int, typer.Option("--calls", help="How many calls the simulator places.")] = 300,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    clickhouse: Dsn = None,
+) -> None:
+    """Simulated PBX + the whole pipeline on embedded defaults, then a report from ClickHouse."""
+    from pbxpipe.demo import run_demo
+
+    settings = _settings(clickhouse_dsn=clickhouse, log_format="json")
+    try:
+        run_demo(settings, calls_total=calls_total, seed=seed)
+    except PbxPipeError as e:
+        _fail(str(e))
 
 
 def main() -> None:
-    raise SystemExit("not wired yet")
+    try:
+        app()
+    except PbxPipeError as e:  # configuration errors raised while parsing settings
+        print(f"pbxpipe: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,220 @@
+"""The stages wired in one process: AMI (or a capture) -> enrich -> ClickHouse.
+
+Bounded in-process queues stand between the stages; Kafka takes their place when the stages
+run as separate processes. Every output of the core goes through one ``Sink`` that batches per
+table on size or age and inserts with a deduplication token derived from the batch's content,
+so a replay of the same events leaves the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import structlog
+
+from contracts import metrics
+from contracts.config import Settings
+from contracts.envelope import Envelope
+from contracts.logs import LogOnce
+from contracts.profile import PbxProfile
+from contracts.records import CallLeg, CallRecord, Quarantined
+from enrich.calls import CallBuilder, Output
+from ingest.capture import read_capture
+from store.batching import Batcher
+from store.clickhouse import ClickHouseStore
+from store.schema import batch_token
+
+log = structlog.get_logger("pbxpipe.pipeline")
+
+RecordHook = Callable[[CallRecord], None]
+
+
+class Sink:
+    """Routes core outputs into per-table batches and writes them to the store."""
+
+    def __init__(self, store: ClickHouseStore, settings: Settings,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_record: RecordHook | None = None) -> None:
+        self.store = store
+        self.on_record = on_record
+        self._batchers: dict[str, Batcher] = {
+            t: Batcher(settings.batch_rows, settings.batch_age_s, clock=clock)
+            for t in ("calls", "call_legs", "quarantine")
+        }
+        self._ready: deque[tuple[str, list]] = deque()
+
+    def add(self, item: Output) -> None:
+        if isinstance(item, CallRecord):
+            table = "calls"
+            metrics.ENRICH_CALLS.labels(item.pbx_id, item.status).inc()
+            if item.incomplete:
+                metrics.ENRICH_INCOMPLETE.labels(item.pbx_id).inc()
+            if self.on_record:
+                self.on_record(item)
+        elif isinstance(item, CallLeg):
+            table = "call_legs"
+        else:
+            table = "quarantine"
+        batch = self._batchers[table].add(item)
+        if batch:
+            self._ready.append((table, batch))
+
+    def ready(self, *, flush: bool = False) -> list[tuple[str, list]]:
+        """Batches due now (by size or age); all of them when ``flush``."""
+        for table, b in self._batchers.items():
+            batch = b.flush() if flush else b.poll()
+            if batch:
+                self._ready.append((table, batch))
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def write(self, table: str, batch: list) -> None:
+        token = batch_token(table, batch)
+        if table == "calls":
+            self.store.write_calls(batch, token)
+        elif table == "call_legs":
+            self.store.write_legs(batch, token)
+        else:
+            self.store.write_quarantine(batch, token)
+        log.info("batch_flushed", table=table, rows=len(batch))
+
+    def write_all(self, batches: Iterable[tuple[str, list]]) -> None:
+        for table, batch in batches:
+            self.write(table, batch)
+
+
+def open_store(settings: Settings) -> ClickHouseStore:
+    store = ClickHouseStore.connect(settings.clickhouse_dsn)
+    store.migrate()
+    return store
+
+
+def new_builder(settings: Settings, profile: PbxProfile) -> CallBuilder:
+    return CallBuilder(profile, pbx_id=settings.pbx_id, grace_s=settings.call_grace_s,
+                       timeout_s=settings.call_timeout_s)
+
+
+def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
+           store: ClickHouseStore | None = None) -> dict[str, int]:
+    """Feed raw AMI captures through the same core and sink; returns counts."""
+    store = store or open_store(settings)
+    sink = Sink(store, settings)
+    builder = new_builder(settings, profile)
+    counts = {"frames": 0, "calls": 0, "legs": 0, "quarantined": 0}
+
+    def take(outputs: list[Output]) -> None:
+        for o in outputs:
+            counts["calls" if isinstance(o, CallRecord) else
+                   "legs" if isinstance(o, CallLeg) else "quarantined"] += 1
+            sink.add(o)
+
+    for path in paths:
+        for item in read_capture(path, settings.pbx_id):
+            counts["frames"] += 1
+            if isinstance(item, Quarantined):
+                take([item])
+                continue
+            take(builder.feed(item))
+            take(builder.advance(item.recv_time))
+            sink.write_all(sink.ready())
+    take(builder.flush())
+    sink.write_all(sink.ready(flush=True))
+    for reason, n in builder.rejected.items():
+        metrics.ENRICH_REJECTED.labels(settings.pbx_id, reason).inc(n)
+    return counts
+
+
+class LivePipeline:
+    """AMI listener -> bounded queue -> call builder -> sink, in one asyncio process."""
+
+    def __init__(self, settings: Settings, profile: PbxProfile, store: ClickHouseStore,
+                 *, on_record: RecordHook | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        from ingest.ami import AmiListener  # panoramisk is only needed for live AMI
+
+        self.settings = settings
+        self.clock = clock
+        self.builder = new_builder(settings, profile)
+        self.sink = Sink(store, settings, on_record=on_record)
+        self.queue: asyncio.Queue[Envelope | Quarantined] = asyncio.Queue(settings.queue_size)
+        self._overflow: deque[Envelope | Quarantined] = deque()
+        self._warn = LogOnce(log)
+        self.last_event = clock()
+        self.listener = AmiListener(settings, self._on_input, self._on_input)
+
+    def _on_input(self, item: Envelope | Quarantined) -> None:
+        # Reading AMI must never block: Asterisk drops a manager client that stalls.
+        # A full queue spills to memory (counted) until the next stage catches up.
+        if self._overflow:
+            self._overflow.append(item)
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._overflow.append(item)
+            self._warn.warning("queue_full", "queue_overflowed", size=self.queue.maxsize)
+
+    def _drain_overflow(self) -> None:
+        while self._overflow and not self.queue.full():
+            self.queue.put_nowait(self._overflow.popleft())
+
+    async def _process(self, idle_exit: float | None, stop: asyncio.Event) -> None:
+        pbx = self.settings.pbx_id
+        while not stop.is_set():
+            try:
+                first = await asyncio.wait_for(self.queue.get(), timeout=0.1)
+                items = [first]
+                while len(items) < 1000 and not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+            except TimeoutError:
+                items = []
+            self._drain_overflow()
+            now = self.clock()
+            for item in items:
+                self.last_event = now
+                if isinstance(item, Quarantined):
+                    self.sink.add(item)
+                else:
+                    for o in self.builder.feed(item):
+                        self.sink.add(o)
+            for o in self.builder.advance(now):
+                self.sink.add(o)
+            metrics.ENRICH_OPEN_CALLS.labels(pbx).set(self.builder.open_calls)
+            batches = self.sink.ready()
+            if batches:
+                await asyncio.to_thread(self.sink.write_all, batches)
+            if (idle_exit is not None and self.builder.open_calls == 0 and not items
+                    and now - self.last_event >= idle_exit):
+                log.info("pipeline_idle", seconds=idle_exit)
+                return
+
+    async def run(self, *, idle_exit: float | None = None,
+                  stop: asyncio.Event | None = None) -> None:
+        """Stream until ``stop`` is set, or until idle for ``idle_exit`` seconds."""
+        stop = stop or asyncio.Event()
+        listener = asyncio.create_task(self.listener.run(), name="ami-listener")
+        processor = asyncio.create_task(self._process(idle_exit, stop), name="enrich")
+        try:
+            done, _ = await asyncio.wait({listener, processor}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # an AMI auth/connect failure surfaces here
+        finally:
+            await self.listener.stop()
+            listener.cancel()
+            processor.cancel()
+            await asyncio.gather(listener, processor, return_exceptions=True)
+            self._drain_overflow()
+            while not self.queue.empty():
+                item = self.queue.get_nowait()
+                for o in ([item] if isinstance(item, Quarantined) else self.builder.feed(item)):
+                    self.sink.add(o)
+            for o in self.builder.flush():
+                self.sink.add(o)
+            await asyncio.to_thread(self.sink.write_all, self.sink.ready(flush=True))
+            for reason, n in self.builder.rejected.items():
+                metrics.ENRICH_REJECTED.labels(self.settings.pbx_id, reason).inc(n)
