@@ -1,0 +1,255 @@
+"""AMI framing, pure: bytes as read from the socket -> frames (ordered ``(key, value)`` headers).
+
+A frame ends at a blank line. The byte stream is split on the blank line *before* decoding and
+each complete frame is decoded once with strict UTF-8, so a character split across two reads is
+never corrupted. Bad input never raises: it comes back as :class:`FrameError` items in order.
+"""
+
+from __future__ import annotations
+
+import re
+
+from contracts.errors import FrameError
+from contracts.records import Quarantined, QuarantineReason
+
+Frame = tuple[tuple[str, str], ...]
+
+MALFORMED: QuarantineReason = "malformed_frame"
+INVALID_UTF8: QuarantineReason = "invalid_utf8"
+OVERSIZED: QuarantineReason = "oversized_frame"
+
+RAW_KEEP_BYTES = 4096
+"""An oversized frame keeps only its head in the quarantine: the rest is dropped unread."""
+
+_BANNER_RE = re.compile(rb"^[^:\r\n]+/[^\s:]+$")
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+
+
+class AmiFramer:
+    """Incremental AMI framer for one connection: ``feed`` bytes, get frames and errors back."""
+
+    __slots__ = ("max_frame_bytes", "banner", "_buf", "_at_start", "_discarding")
+
+    def __init__(self, max_frame_bytes: int = 1 << 20) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.banner: str | None = None
+        self._buf = bytearray()
+        self._at_start = True  # the first line of a connection may be the banner
+        self._discarding = False  # inside an oversized frame: drop until the next blank line
+
+    def feed(self, data: bytes) -> list[Frame | FrameError]:
+        """Frames completed by ``data``, in order; an incomplete tail is kept for the next call."""
+        out: list[Frame | FrameError] = []
+        buf = self._buf
+        stream: bytes | bytearray
+        if buf or self._at_start or self._discarding:
+            scan_from = max(0, len(buf) - 3)  # a blank line may straddle the previous read
+            buf += data
+            if self._at_start and not self._take_banner():
+                return out
+            if self._discarding:
+                end = _first_blank_line_end(buf, scan_from)
+                if end < 0:
+                    del buf[: max(0, len(buf) - 3)]
+                    return out
+                del buf[:end]
+                self._discarding = False
+                scan_from = 0
+            stream = buf
+        else:  # nothing pending: frame the read itself, no copy into the buffer
+            scan_from = 0
+            stream = data
+        end = _last_blank_line_end(stream, scan_from)
+        if end > 0:
+            self._frames(stream if end == len(stream) else stream[:end], out)
+            if stream is buf:
+                del buf[:end]
+            elif end < len(data):
+                buf += data[end:]
+        elif stream is not buf:
+            buf += data
+        if len(buf) > self.max_frame_bytes:
+            out.append(
+                FrameError(
+                    OVERSIZED,
+                    f"unterminated frame over max_frame_bytes={self.max_frame_bytes}; "
+                    "dropped up to the next blank line",
+                    bytes(buf[:RAW_KEEP_BYTES]),
+                )
+            )
+            del buf[: len(buf) - 3]
+            self._discarding = True
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the end of a frame."""
+        return len(self._buf)
+
+    def close(self) -> list[FrameError]:
+        """End of the stream: a frame cut short is reported, not silently dropped."""
+        tail = bytes(self._buf)
+        self._buf.clear()
+        discarding, self._discarding = self._discarding, False
+        if discarding or not tail.strip():
+            return []
+        return [FrameError(MALFORMED, f"stream ended inside a frame ({len(tail)} bytes)", tail)]
+
+    def _take_banner(self) -> bool:
+        """Consume the banner line if there is one; False while the first line is incomplete."""
+        buf = self._buf
+        nl = buf.find(b"\n")
+        if nl < 0:
+            if len(buf) <= self.max_frame_bytes:
+                return False
+            self._at_start = False  # no banner is this long: let the oversize check drop it
+            return True
+        self._at_start = False
+        line = bytes(buf[:nl]).rstrip(b"\r")
+        if _BANNER_RE.match(line):
+            self.banner = line.decode("utf-8", "backslashreplace")
+            del buf[: nl + 1]
+        return True
+
+    def _frames(self, chunk: bytes | bytearray, out: list[Frame | FrameError]) -> None:
+        """Frames of ``chunk``, which ends with a blank line."""
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None  # find the bad frame(s) one by one, the slow way
+        if text is not None:
+            parts = text.split("\r\n\r\n")
+            if not parts[-1]:
+                parts.pop()  # what follows the final blank line: nothing
+            limit = self.max_frame_bytes
+            # A part's length in characters is its length in bytes when the text is ASCII.
+            if len(chunk) <= limit or (
+                len(text) == len(chunk) and max(map(len, parts), default=0) <= limit
+            ):
+                # Fast path: one decode per read, CRLF frames, header lines memoised. A frame
+                # the memo cannot read (bare LF, extra blank lines, bad line) goes the slow way.
+                get = _LINES.__getitem__
+                append = out.append
+                for part in parts:
+                    try:
+                        append(tuple(map(get, part.split("\r\n"))))
+                    except _Unreadable:
+                        self._frames_slow(part.encode("utf-8"), out)
+                return
+        self._frames_slow(bytes(chunk), out)
+
+    def _frames_slow(self, chunk: bytes, out: list[Frame | FrameError]) -> None:
+        limit = self.max_frame_bytes
+        for part in _BLANK_LINE_RE.split(chunk):
+            if not part.strip(b"\r\n"):
+                continue
+            if len(part) > limit:
+                out.append(_oversized(part, limit))
+                continue
+            try:
+                text = part.decode("utf-8")
+            except UnicodeDecodeError as e:
+                out.append(FrameError(INVALID_UTF8, f"{e.reason} at byte {e.start}", part))
+                continue
+            out.append(_parse_frame(text, part))
+
+
+class _Unreadable(Exception):
+    """A line the fast path will not decide on."""
+
+
+class _LineMemo(dict[str, tuple[str, str]]):
+    """``line -> (key, value)`` for well-formed CRLF header lines, bounded.
+
+    Most AMI lines repeat (``Privilege: call,all``, ``Context: …``, a call's channel name),
+    and a dict hit is cheaper than splitting the line and building two strings and a tuple.
+    When full, the memo starts afresh and keeps the previous generation as a fallback, so
+    the lines still in use move over on their next hit instead of all missing at once.
+    """
+
+    __slots__ = ("_old",)
+    max_entries = 1 << 15
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._old: dict[str, tuple[str, str]] = {}
+
+    def __missing__(self, line: str) -> tuple[str, str]:
+        pair = self._old.get(line)
+        if pair is None:
+            key, sep, value = line.partition(": ")
+            if not sep:
+                if line[-1:] != ":":
+                    raise _Unreadable
+                key, value = line[:-1], ""
+            if not key or "\n" in line or "\r" in line:
+                raise _Unreadable
+            pair = (key, value)
+            if key == "Timestamp":  # unique per event: would only crowd the others out
+                return pair
+        if len(self) >= self.max_entries:
+            self._old = self.copy()
+            self.clear()
+        self[line] = pair
+        return pair
+
+    def reset(self) -> None:
+        self.clear()
+        self._old = {}
+
+
+_LINES = _LineMemo()
+
+
+def _last_blank_line_end(stream: bytes | bytearray, start: int) -> int:
+    """Index just past the last blank line in ``stream[start:]``, -1 if none."""
+    crlf = stream.rfind(b"\n\r\n", start)
+    if crlf >= 0:  # a bare-LF blank line can only matter after it: search the tail only
+        lf = stream.rfind(b"\n\n", crlf + 1)
+        return lf + 2 if lf > crlf else crlf + 3
+    lf = stream.rfind(b"\n\n", start)
+    return lf + 2 if lf >= 0 else -1
+
+
+def _first_blank_line_end(stream: bytes | bytearray, start: int) -> int:
+    """Index just past the first blank line in ``stream[start:]``, -1 if none."""
+    crlf = stream.find(b"\n\r\n", start)
+    lf = stream.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(stream))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+def _oversized(raw: bytes, limit: int) -> FrameError:
+    return FrameError(
+        OVERSIZED, f"frame of {len(raw)} bytes over max_frame_bytes={limit}", raw[:RAW_KEEP_BYTES]
+    )
+
+
+def _parse_frame(text: str, raw: bytes) -> Frame | FrameError:
+    """Slow path, one frame, any line ends: each line is ``Key: value`` or ``Key:``."""
+    headers: list[tuple[str, str]] = []
+    for n, line in enumerate(text.lstrip("\r\n").split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        key, sep, value = line.partition(": ")
+        if not sep:
+            if line.endswith(":"):
+                key, value = line[:-1], ""
+            else:
+                return FrameError(MALFORMED, f"line {n} is not 'Key: value': {line[:80]!r}", raw)
+        if not key:
+            return FrameError(MALFORMED, f"line {n} has no header name: {line[:80]!r}", raw)
+        headers.append((key, value))
+    return tuple(headers)
+
+
+def quarantined(err: FrameError, pbx_id: str, received_at: float) -> Quarantined:
+    """The quarantine record of a frame that could not be read."""
+    return Quarantined(
+        pbx_id=pbx_id,
+        received_at=received_at,
+        reason=err.reason,  # type: ignore[arg-type]  # one of the framing reasons above
+        detail=err.detail,
+        raw=err.raw.decode("utf-8", "backslashreplace"),
+    )
