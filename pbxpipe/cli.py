@@ -58,6 +58,7 @@ def run(
     pbx_profile: Profile = None,
     clickhouse: Dsn = None,
     log_format: LogFormat = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on this port (0: off) [PBXPIPE_METRICS_PORT].")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without events and open calls.")] = None,
 ) -> None:
     """Every stage in one process against a live AMI, into ClickHouse."""
@@ -65,12 +66,19 @@ def run(
 
     settings = _settings(ami_host=ami_host, ami_port=ami_port, ami_user=ami_user,
                          ami_secret=ami_secret, ami_max_retries=ami_max_retries, pbx_id=pbx_id,
-                         pbx_profile=pbx_profile, clickhouse_dsn=clickhouse, log_format=log_format)
+                         pbx_profile=pbx_profile, clickhouse_dsn=clickhouse, log_format=log_format,
+                         metrics_port=metrics_port)
     try:
         profile = _profile(settings)
         import structlog
 
         structlog.get_logger("pbxpipe").info("pipeline_started", **redacted(settings))
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            from contracts.metrics import REGISTRY
+
+            start_http_server(settings.metrics_port, registry=REGISTRY)
         store = open_store(settings)
         pipeline = LivePipeline(settings, profile, store)
         asyncio.run(pipeline.run(idle_exit=idle_exit))
@@ -105,6 +113,45 @@ def replay(
         _fail(str(e))
     typer.echo(f"replayed {counts['frames']} frames: {counts['calls']} calls, "
                f"{counts['legs']} legs, {counts['quarantined']} quarantined")
+
+
+def _parse_mix(mix: str | None) -> dict[str, float]:
+    if not mix:
+        return {}
+    out: dict[str, float] = {}
+    for part in mix.split(","):
+        kind, sep, weight = part.partition("=")
+        try:
+            out[kind.strip()] = float(weight) if sep else 1.0
+        except ValueError:
+            _fail(f"--mix: weight of {kind!r} is not a number: {weight!r}")
+    return out
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="AMI port (0: any free port, printed).")] = 5038,
+    user: Annotated[str, typer.Option(help="AMI username clients must log in with.")] = "pbxpipe",
+    secret: Annotated[str, typer.Option(help="AMI secret.")] = "pbxpipe",
+    rate: Annotated[float, typer.Option(help="New calls per second (real time).")] = 2.0,
+    concurrency: Annotated[int, typer.Option(help="At most this many calls at once.")] = 50,
+    calls_total: Annotated[int, typer.Option("--calls", help="Calls to place, then stop (0: forever).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same calls.")] = 0,
+    mix: Annotated[Optional[str], typer.Option(help="Scenario mix, kind=weight,… (default: a realistic office mix).")] = None,
+    talk: Annotated[str, typer.Option(help="Talk time: exp:<mean s> | uniform:<lo>:<hi> | fixed:<s>.")] = "exp:90",
+    speed: Annotated[float, typer.Option(help="Virtual seconds per real second (timestamps and delays).")] = 1.0,
+    manifest: Annotated[Optional[Path], typer.Option(help="Write each placed call's expected record here (JSON Lines).")] = None,
+) -> None:
+    """A PBX speaking AMI as Asterisk 22 does, playing a seeded mix of calls."""
+    from simulator.server import SimulatorConfig, run_simulator
+
+    configure_logging("auto")
+    run_simulator(SimulatorConfig(
+        host=host, port=port, username=user, secret=secret, calls_per_second=rate,
+        max_concurrency=concurrency, total_calls=calls_total, seed=seed, mix=_parse_mix(mix),
+        talk_time=talk, speed=speed, manifest_path=str(manifest) if manifest else "",
+    ))
 
 
 class CallType(str, Enum):
@@ -185,7 +232,7 @@ def calls(
             table.add_column(col)
         for r in rows:
             table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in TABLE_COLUMNS))
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @app.command()
