@@ -46,6 +46,7 @@ class Sink:
             for t in ("calls", "call_legs", "quarantine")
         }
         self._ready: deque[tuple[str, list]] = deque()
+        self._warn = LogOnce(log)
 
     def add(self, item: Output) -> None:
         if isinstance(item, CallRecord):
@@ -59,6 +60,8 @@ class Sink:
             table = "call_legs"
         else:
             table = "quarantine"
+            self._warn.warning(item.reason, "input_quarantined", pbx=item.pbx_id,
+                               reason=item.reason, detail=item.detail[:200])
         batch = self._batchers[table].add(item)
         if batch:
             self._ready.append((table, batch))

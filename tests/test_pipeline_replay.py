@@ -78,3 +78,37 @@ def test_calls_filters_by_type_and_extension(replayed, expected_calls):
                                  r["first_answered_by"], *r["extensions_rang"]) for r in ext)
     bad = pbxpipe("calls", "--clickhouse", dsn, "--since", "yesterday")
     assert bad.returncode != 0 and "not an ISO date" in bad.stderr
+
+
+BAD_FRAMES = (
+    b"Event: Newchannel\r\nthis line has no colon\r\n\r\n",
+    b"Event: NewCallerid\r\nCallerIDName: \xc5\x81ukasz \xff\xfe\r\nLinkedid: 1.1\r\n\r\n",
+    b"Event: VarSet\r\nValue: " + b"x" * (2 << 20) + b"\r\n\r\n",
+    b"Event: Hangup\r\nChannel: PJSIP/101-00000001\r\nUniqueid: 9.9\r\nCause: 16\r\n\r\n",
+    b"Event: TotallyNewEvent\r\nFoo: bar\r\n\r\n",
+)
+
+
+def test_bad_input_is_quarantined_and_the_rest_still_flows(tmp_path, expected_calls):
+    """Malformed, non-UTF-8, oversized and unroutable frames land in the quarantine table with
+    their reason; an unknown event is ignored; every real call around them is still stored."""
+    raw = (CAPTURE / "ami_raw.log").read_bytes()
+    middle = raw.index(b"\r\n\r\n", len(raw) // 2) + 4
+    capture = tmp_path / "bad.log"
+    capture.write_bytes(raw[:middle] + b"".join(BAD_FRAMES) + raw[middle:])
+    dsn = f"chdb:///{tmp_path / 'ch'}"
+    done = pbxpipe("replay", str(capture), "--pbx-profile", str(FIXTURES / "asterisk_profile.toml"),
+                   "--clickhouse", dsn)
+    assert done.returncode == 0, done.stderr
+    assert "26 calls" in done.stdout and "4 quarantined" in done.stdout
+    script = (
+        "import clickhouse_connect, json;"
+        f"c = clickhouse_connect.get_client(dsn={dsn!r});"
+        "print(json.dumps(c.query('SELECT reason, length(raw) FROM quarantine ORDER BY reason')"
+        ".result_rows))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    rows = json.loads(out.stdout)
+    assert [r[0] for r in rows] == ["invalid_utf8", "malformed_frame", "missing_linkedid",
+                                    "oversized_frame"]
+    assert all(r[1] > 0 for r in rows)
