@@ -19,6 +19,7 @@ from contracts.config import Settings, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
 from contracts.logs import configure_logging
 from contracts.profile import DEFAULT_PROFILE, PbxProfile, load_profile
+from store.queries import CALL_TYPES, STATUSES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Call-data pipeline for hosted PBXs: Asterisk AMI -> call records -> ClickHouse.")
@@ -154,11 +155,9 @@ def simulate(
     ))
 
 
-class CallType(str, Enum):
-    incoming = "incoming"
-    outgoing = "outgoing"
-    internal = "internal"
-    missed = "missed"
+# The choices come from the query layer: one list of call types and statuses.
+CallType = Enum("CallType", {t: t for t in CALL_TYPES}, type=str)  # type: ignore[misc]
+StatusChoice = Enum("StatusChoice", {s: s for s in sorted(STATUSES)}, type=str)  # type: ignore[misc]
 
 
 class Format(str, Enum):
@@ -186,10 +185,10 @@ TABLE_COLUMNS = ("start_local", "direction", "caller", "called", "status", "last
 def calls(
     since: Annotated[Optional[str], typer.Option(help="From this time (ISO; in --tz unless it has an offset).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Until this time, exclusive.")] = None,
-    type: Annotated[Optional[CallType], typer.Option("--type", help="incoming | outgoing | internal | missed")] = None,
+    type: Annotated[Optional[CallType], typer.Option("--type", help="Call type.")] = None,
     extension: Annotated[Optional[str], typer.Option(help="Calls that rang, were made or answered by this extension.")] = None,
     number: Annotated[Optional[str], typer.Option(help="Calls from or to this number (digits match).")] = None,
-    status: Annotated[Optional[str], typer.Option(help="answered | missed | no_answer | busy | failed | congestion")] = None,
+    status: Annotated[Optional[StatusChoice], typer.Option(help="Call status.")] = None,
     tz: Annotated[str, typer.Option(help="Time zone for --since/--until and shown times.")] = "UTC",
     limit: Annotated[int, typer.Option(help="At most this many calls, newest first.")] = 1000,
     format: Annotated[Format, typer.Option("--format", help="table | json | csv")] = Format.table,
@@ -210,7 +209,8 @@ def calls(
         rows = call_history(store, since=_parse_time(since, zone, "--since"),
                             until=_parse_time(until, zone, "--until"),
                             call_type=type.value if type else None, extension=extension,
-                            number=number, status=status, tz=tz, limit=limit)
+                            number=number, status=status.value if status else None, tz=tz,
+                            limit=limit)
     except PbxPipeError as e:
         _fail(str(e))
     if format is Format.json:
