@@ -251,6 +251,21 @@ def demo(
         _fail(str(e))
 
 
+# Feature commands live in their own modules (pbxpipe/cmd_*.py), each with
+# ``register(app)``; this list is the one place that adds them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()
