@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--username", default="pbxpipe")
     p.add_argument("--secret", default="pbxpipe")
     p.add_argument("--calls", type=int, default=0, help="total calls (0: forever)")
-    p.add_argument("--cps", type=float, default=2.0, help="calls placed per real second")
+    p.add_argument("--cps", type=float, default=2.0, help="calls placed per real second, on average")
     p.add_argument("--speed", type=float, default=1.0, help="virtual seconds per real second")
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -25,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--talk-time", default="exp:90")
     p.add_argument("--ring-time", default="uniform:2:15")
     p.add_argument("--start-time", type=float, default=0.0, help="virtual epoch of the day (0: now)")
+    p.add_argument("--load-curve", default="office", help="office | flat | 24 weights by local hour")
+    p.add_argument("--timezone", default="Europe/Warsaw", help="the PBX's local time, for the load curve")
+    p.add_argument("--customers", type=int, default=120, help="size of the customer book (0: none)")
+    p.add_argument("--customer-skew", type=float, default=0.5, help="Zipf exponent of customer popularity")
+    p.add_argument("--unknown-callers", type=float, default=0.1, help="share of inbound calls from one-off numbers")
+    p.add_argument("--callback-probability", type=float, default=0.6, help="a missed call is called back")
+    p.add_argument("--redial-probability", type=float, default=0.15, help="a missed caller calls again")
+    p.add_argument("--callback-delay", default="exp:1800", help="virtual seconds after the missed call")
+    p.add_argument("--redial-delay", default="exp:600")
     p.add_argument("--manifest", default="", help="JSON Lines of the expected call records")
     p.add_argument("--render", default="", help="write the raw AMI stream to this file and exit")
     a = p.parse_args(argv)
@@ -35,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             port=a.port, username=a.username, secret=a.secret, total_calls=a.calls, calls_per_second=a.cps,
             speed=a.speed, max_concurrency=a.concurrency, seed=a.seed, mix=parse_mix(a.mix) if a.mix else {},
             talk_time=a.talk_time, ring_time=a.ring_time, start_time=a.start_time, manifest_path=a.manifest,
+            load_curve=a.load_curve, timezone=a.timezone, customers=a.customers, customer_skew=a.customer_skew,
+            unknown_callers=a.unknown_callers, callback_probability=a.callback_probability,
+            redial_probability=a.redial_probability, callback_delay=a.callback_delay, redial_delay=a.redial_delay,
         )
         if a.render:
             out = render(config)

@@ -372,7 +372,7 @@ class CallBuilder:
         start = round(self.start + origin.created, 3)
         end = round(self.start + max(ends), 3)
         out = {"transferred": False, "forwarded": False, "recordings": [], "queue": "",
-               "caller_name": origin.cid_name, **expected}
+               "caller_name": origin.cid_name, "follow_up": None, "follow_up_of": None, **expected}
         out["kind"] = self.kind
         out["linkedid"] = self.linkedid
         out["start"] = start

@@ -18,13 +18,15 @@ The dialplan the channels run is the capture's ``extensions.conf`` for the PBX p
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simulator.ami import BUSY, DOWN, RING, RINGING, UP, Bridge, Chan
+from simulator.customers import FOREIGN, LANDLINE, MOBILE, Customer, CustomerBook
 from simulator.pbx import TRUNK, CallBuilder, Counters, IdAllocator, SimCall
 
 # ---------------------------------------------------------------------------- the PBX
@@ -52,13 +54,6 @@ QUEUE_MEMBERS = ("104", "105")
 QUEUE_MEMBER_TIMEOUT = 15.0
 QUEUE_RETRY = 2.0
 MONDIR = "/var/spool/asterisk/monitor"
-
-CALLER_NAMES = (
-    "Łukasz Żółć", "Zofia Wróbel", "Paweł Ścisło", "Jan Nowak", "Maria Wiśniewska",
-    "Grażyna Kęsicka", "Bożena Świątek", "Jerzy Łęcki", "Dorota Pająk", "Wojciech Żak",
-    "Halina Ślusarczyk", "Rafał Gęsiak", "Elżbieta Dziób", "Kazimierz Bąk", "Jadwiga Kuźniar",
-)
-FOREIGN_CALLERS = (("+44", "John Smith"), ("+44", "Emma Clarke"), ("+49", "Jürgen Müller"), ("+49", "Anke Schröder"))
 
 
 def did_of(ext: str) -> str:
@@ -1456,13 +1451,29 @@ class Distribution:
 # ---------------------------------------------------------------------------- the generator
 
 
-class Picker:
-    """Draws parties, numbers and times for one call from the generator's seeded RNG."""
+# outbound categories whose numbers may be a customer's, and the customer's line for each
+_BOOK_LINES = {"national": LANDLINE, "mobile": MOBILE, "international": FOREIGN}
 
-    def __init__(self, rng: random.Random, talk: Distribution, ring: Distribution) -> None:
+
+class Picker:
+    """Draws parties, numbers and times for one call from the generator's seeded RNG.
+
+    Callers and most national, mobile and international destinations come from the customer
+    ``book``; ``caller()`` remembers whom it drew (``last_caller``), and returns ``forced_caller``
+    when the generator has set one (a customer calling again).
+    """
+
+    def __init__(self, rng: random.Random, talk: Distribution, ring: Distribution, *,
+                 book: CustomerBook | None = None, unknown_callers: float = 0.1,
+                 book_destinations: float = 0.85) -> None:
         self.rng = rng
         self.talk_dist = talk
         self.ring_dist = ring
+        self.book = book if book is not None else CustomerBook(())
+        self.unknown_callers = unknown_callers
+        self.book_destinations = book_destinations
+        self.forced_caller: Customer | None = None
+        self.last_caller: Customer | None = None
 
     def ring(self, hi: float = 19.0) -> float:
         return min(self.ring_dist.sample(self.rng), hi)
@@ -1473,14 +1484,17 @@ class Picker:
     def employee(self, *exclude: str) -> str:
         return self.rng.choice([e for e in EMPLOYEES if e not in exclude])
 
+    def customer(self) -> Customer:
+        """Who calls in: a customer by popularity, now and then a number never seen before."""
+        if self.forced_caller is not None:
+            return self.forced_caller
+        if not len(self.book) or self.rng.random() < self.unknown_callers:
+            return self.book.stranger(self.rng)
+        return self.book.pick(self.rng)
+
     def caller(self) -> Party:
-        r = self.rng
-        if r.random() < 0.12:
-            cc, name = r.choice(FOREIGN_CALLERS)
-            digits = "20" + "".join(r.choices("0123456789", k=8)) if cc == "+44" else "30" + "".join(
-                r.choices("0123456789", k=7))
-            return cc + digits, name
-        return "+48" + r.choice("5678") + "".join(r.choices("0123456789", k=8)), r.choice(CALLER_NAMES)
+        self.last_caller = self.customer()
+        return self.last_caller.party
 
     def number(self, category: str) -> str:
         r = self.rng
@@ -1488,6 +1502,9 @@ class Picker:
         def d(k: int) -> str:
             return "".join(r.choices("0123456789", k=k))
 
+        line = _BOOK_LINES.get(category)
+        if line is not None and len(self.book) and r.random() < self.book_destinations:
+            return self.book.pick(r, line).dialled
         if category == "national":
             return r.choice(["0048" + r.choice(["22", "12", "61", "71", "58"]) + d(7),
                              "0" + r.choice("1234") + d(8)])
@@ -1625,36 +1642,163 @@ def parse_mix(spec: str | Mapping[str, float]) -> dict[str, float]:
     return mix
 
 
+# ---------------------------------------------------------------------------- follow-ups
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a missed inbound call leads to: an employee calls the customer back, or the customer
+    calls again, once ``due`` (virtual epoch seconds) has passed."""
+
+    due: float
+    action: str  # callback | redial
+    customer: Customer
+    ext: str  # who calls back
+    of: str  # Linkedid of the missed call
+
+
+CALLBACK_OUTCOMES = {"answered": 0.75, "no_answer": 0.17, "busy": 0.08}
+_CALLBACK_KIND = {MOBILE: "out_mobile", LANDLINE: "out_national", FOREIGN: "out_international"}
+
+
+def answerers_of(did: str) -> tuple[str, ...]:
+    """The extensions a DID rings: one of them calls back a missed call to it."""
+    if did == MAIN_NUMBER:
+        return RING_GROUP
+    if did == SUPPORT_LINE:
+        return QUEUE_MEMBERS
+    if did == SALES_LINE:
+        return (SALES_EXT,)
+    return tuple(e for e in EMPLOYEES if did_of(e) == did) or tuple(EMPLOYEES)
+
+
+def callback(start: float, ids: IdAllocator, rng: random.Random, p: Picker, *, ext: str,
+             customer: Customer) -> SimCall:
+    """``ext`` calls ``customer`` back on the number as dialled: mostly answered, else no answer or busy."""
+    outcome = p.rng.choices(list(CALLBACK_OUTCOMES), list(CALLBACK_OUTCOMES.values()))[0]
+    number = customer.dialled
+    if outcome == "answered":
+        return outbound_answered(start, ids, rng, ext=ext, number=number, ring_s=p.ring(), talk_s=p.talk(),
+                                 hangup_by="caller" if p.rng.random() < 0.5 else "callee",
+                                 kind=_CALLBACK_KIND[customer.line])
+    if outcome == "no_answer":
+        return outbound_no_answer(start, ids, rng, ext=ext, number=number, ring_s=round(p.rng.uniform(8.0, 45.0), 3))
+    return outbound_busy(start, ids, rng, ext=ext, number=number, listen_s=round(p.rng.uniform(0.5, 4.0), 3))
+
+
+FOLLOW_UP_CAP = 4 * 3600.0  # a delay drawn longer than this is cut to it
+
+
+def _probability(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
 @dataclass
 class CallGenerator:
-    """Seeded: the same seed, mix and distributions give the same calls, byte for byte."""
+    """Seeded: the same seed, mix, distributions and habits give the same calls, byte for byte.
+
+    Callers come from a book of ``customers`` (popularity skewed by ``customer_skew``), a share
+    ``unknown_callers`` of inbound calls from one-off numbers; ``book_destinations`` of national,
+    mobile and international outbound calls go to customers. After a missed inbound call, an
+    employee calls back (``callback_probability``, after ``callback_delay``) or the customer
+    calls again (``redial_probability``, after ``redial_delay``): the follow-up takes the first
+    call slot once it is due. A callback is an outbound call whatever the mix; a redial is of one
+    of the mix's inbound kinds.
+    """
 
     seed: int = 0
     mix: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     talk_time: str = "exp:90"
     ring_time: str = "uniform:2:15"
     ids: IdAllocator | None = None
+    customers: int = 120
+    customer_skew: float = 0.5
+    unknown_callers: float = 0.1
+    book_destinations: float = 0.85
+    callback_probability: float = 0.6
+    redial_probability: float = 0.15
+    callback_delay: str = "exp:1800"
+    redial_delay: str = "exp:600"
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._mix = parse_mix(self.mix)
         self._names = list(self._mix)
         self._cum = list(itertools.accumulate(self._mix[n] for n in self._names))
-        self._picker = Picker(self._rng, Distribution.parse(self.talk_time), Distribution.parse(self.ring_time))
+        inbound = [n for n in self._names if n.startswith("in_") and self._mix[n] > 0]
+        self._in_names = inbound or ["in_answered"]
+        self._in_cum = list(itertools.accumulate(self._mix.get(n, 1.0) for n in self._in_names))
+        for name in ("unknown_callers", "book_destinations", "callback_probability", "redial_probability"):
+            _probability(name, getattr(self, name))
+        if self.callback_probability + self.redial_probability > 1.0:
+            raise ValueError("callback_probability + redial_probability must be <= 1")
+        self._callback_delay = replace(Distribution.parse(self.callback_delay), cap=FOLLOW_UP_CAP)
+        self._redial_delay = replace(Distribution.parse(self.redial_delay), cap=FOLLOW_UP_CAP)
+        self.book = CustomerBook.generate(self.customers, seed=self.seed, skew=self.customer_skew)
+        self._picker = Picker(self._rng, Distribution.parse(self.talk_time), Distribution.parse(self.ring_time),
+                              book=self.book, unknown_callers=self.unknown_callers,
+                              book_destinations=self.book_destinations)
+        self._due: list[tuple[float, int, FollowUp]] = []  # a heap, by due time then order made
+        self._made = 0
         if self.ids is None:
             self.ids = Counters(self.seed)
 
+    def _draw(self, names: list[str], cum: list[float]) -> str:
+        x = self._rng.random() * cum[-1]
+        return names[min(bisect.bisect_right(cum, x), len(names) - 1)]
+
     def pick_kind(self) -> str:
-        x = self._rng.random() * self._cum[-1]
-        return self._names[min(bisect.bisect_right(self._cum, x), len(self._names) - 1)]
+        return self._draw(self._names, self._cum)
+
+    @property
+    def pending(self) -> list[FollowUp]:
+        """Follow-ups not made yet, soonest first."""
+        return [f for _, _, f in sorted(self._due)]
 
     def next_call(self, start: float, kind: str | None = None) -> SimCall:
-        """The next call, starting at ``start`` (epoch seconds)."""
-        kind = kind or self.pick_kind()
-        call_rng = random.Random(self._rng.getrandbits(64))
+        """The next call, starting at ``start`` (epoch seconds): the follow-up that is due first,
+        if any (unless a ``kind`` is asked for), else a new call of ``kind`` or one from the mix."""
         assert self.ids is not None
-        return KINDS[kind](start, self.ids, call_rng, self._picker)
+        if kind is None and self._due and self._due[0][0] <= start:
+            call = self._follow_up(start, heapq.heappop(self._due)[2])
+        else:
+            call_rng = random.Random(self._rng.getrandbits(64))
+            call = KINDS[kind or self.pick_kind()](start, self.ids, call_rng, self._picker)
+        self._plan_follow_up(call)
+        return call
+
+    def _follow_up(self, start: float, f: FollowUp) -> SimCall:
+        assert self.ids is not None
+        call_rng = random.Random(self._rng.getrandbits(64))
+        if f.action == "redial":
+            self._picker.forced_caller = f.customer
+            try:
+                call = KINDS[self._draw(self._in_names, self._in_cum)](start, self.ids, call_rng, self._picker)
+            finally:
+                self._picker.forced_caller = None
+        else:
+            call = callback(start, self.ids, call_rng, self._picker, ext=f.ext, customer=f.customer)
+        return replace(call, expected={**call.expected, "follow_up": f.action, "follow_up_of": f.of})
+
+    def _plan_follow_up(self, call: SimCall) -> None:
+        who, self._picker.last_caller = self._picker.last_caller, None
+        exp = call.expected
+        if exp["direction"] != "inbound" or exp["status"] != "missed" or who is None or who.number != exp["caller"]:
+            return
+        x = self._rng.random()
+        if x < self.callback_probability:
+            action, delay = "callback", self._callback_delay
+        elif x < self.callback_probability + self.redial_probability:
+            action, delay = "redial", self._redial_delay
+        else:
+            return
+        f = FollowUp(due=exp["end"] + delay.sample(self._rng), action=action, customer=who,
+                     ext=self._rng.choice(answerers_of(exp["called"])), of=exp["linkedid"])
+        heapq.heappush(self._due, (f.due, self._made, f))
+        self._made += 1
 
 
-__all__ = ["DEFAULT_MIX", "EMPLOYEES", "KINDS", "CallGenerator", "Distribution", "SimCall", "calltype_of",
-           "did_of", "parse_mix"]
+__all__ = ["CALLBACK_OUTCOMES", "DEFAULT_MIX", "EMPLOYEES", "KINDS", "CallGenerator", "Distribution", "FollowUp",
+           "SimCall", "calltype_of", "did_of", "parse_mix"]

@@ -14,20 +14,23 @@ import asyncio
 import contextlib
 import gc
 import json
+import random
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import structlog
 
 from contracts.errors import ConfigError
 from simulator.ami import BANNER, Headers, frame_text, fully_booted, render_frame
-from simulator.scenarios import DEFAULT_MIX, CallGenerator, Distribution, parse_mix
-from simulator.schedule import Emitted, Finished, play
+from simulator.scenarios import DEFAULT_MIX, CallGenerator, Distribution
+from simulator.schedule import Emitted, Finished, LoadCurve, arrivals, parse_curve, play
 
 log = structlog.get_logger("simulator")
 
@@ -39,7 +42,7 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     port: int = 0  # 0: any free port (see ``Simulator.port``)
     username: str = "pbxpipe"
     secret: str = "pbxpipe"
-    calls_per_second: float = 2.0  # real time
+    calls_per_second: float = 2.0  # real time, on average over the run (over a day when forever)
     max_concurrency: int = 50
     total_calls: int = 0  # 0: forever
     seed: int = 0
@@ -48,6 +51,19 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     ring_time: str = "uniform:2:15"
     speed: float = 1.0  # virtual seconds per real second
     start_time: float = 0.0  # virtual epoch of the first call; 0: now (render_capture: RENDER_START)
+    # the day's shape: how busy each local hour of the virtual day is (see schedule.parse_curve)
+    load_curve: str = "office"  # office | flat | 24 comma-separated weights, hours 00..23
+    timezone: str = "Europe/Warsaw"  # the PBX's local time, for the load curve
+    # who calls: a book of customers, a few of them calling (and being called) again and again
+    customers: int = 120  # 0: every number is a one-off
+    customer_skew: float = 0.5  # Zipf exponent of their popularity; 0: all alike
+    unknown_callers: float = 0.1  # share of inbound calls from numbers not in the book
+    book_destinations: float = 0.85  # share of national/mobile/international calls out to customers
+    # after a missed inbound call: an employee calls back, or the customer calls again
+    callback_probability: float = 0.6
+    redial_probability: float = 0.15
+    callback_delay: str = "exp:1800"  # virtual seconds after the missed call ended (at most 4 h)
+    redial_delay: str = "exp:600"
     manifest_path: str = ""  # JSON Lines of each call's expected record, written as calls complete
     client_queue: int = 20_000  # frames a client may lag behind before it is disconnected
     wait_for_client: bool = True  # start the day when the first client has logged in
@@ -56,22 +72,45 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
         """Raise ConfigError on a setting the simulator cannot run with."""
         if self.calls_per_second <= 0 or self.speed <= 0:
             raise ConfigError("simulator: calls_per_second and speed must be > 0")
+        if self.customers < 0 or self.customer_skew < 0:
+            raise ConfigError("simulator: customers and customer_skew must be >= 0")
         try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"simulator: unknown time zone {self.timezone!r}") from None
+        try:
+            parse_curve(self.load_curve)
             Distribution.parse(self.talk_time)
             Distribution.parse(self.ring_time)
-            parse_mix(self.mix or DEFAULT_MIX)
+            CallGenerator(mix=self.mix or DEFAULT_MIX, customers=0, unknown_callers=self.unknown_callers,
+                          book_destinations=self.book_destinations,
+                          callback_probability=self.callback_probability,
+                          redial_probability=self.redial_probability, callback_delay=self.callback_delay,
+                          redial_delay=self.redial_delay)
         except ValueError as e:
             raise ConfigError(f"simulator: {e}") from None
 
 
 def _generator(config: SimulatorConfig) -> CallGenerator:
-    return CallGenerator(seed=config.seed, mix=config.mix or DEFAULT_MIX, talk_time=config.talk_time,
-                         ring_time=config.ring_time)
+    return CallGenerator(
+        seed=config.seed, mix=config.mix or DEFAULT_MIX, talk_time=config.talk_time, ring_time=config.ring_time,
+        customers=config.customers, customer_skew=config.customer_skew, unknown_callers=config.unknown_callers,
+        book_destinations=config.book_destinations, callback_probability=config.callback_probability,
+        redial_probability=config.redial_probability, callback_delay=config.callback_delay,
+        redial_delay=config.redial_delay)
+
+
+def load_curve(config: SimulatorConfig, start_time: float) -> LoadCurve:
+    """The configured curve in the PBX's time zone, at its UTC offset on the day that starts at
+    ``start_time`` (a run that crosses a DST change keeps that offset)."""
+    offset = datetime.fromtimestamp(start_time, ZoneInfo(config.timezone)).utcoffset()
+    return LoadCurve(parse_curve(config.load_curve), offset.total_seconds() if offset else 0.0)
 
 
 def _stream(config: SimulatorConfig, start_time: float) -> Iterator[Emitted | Finished]:
-    return play(_generator(config), start_time=start_time, interval=config.speed / config.calls_per_second,
-                total=config.total_calls, max_concurrency=config.max_concurrency)
+    times = arrivals(load_curve(config, start_time), start=start_time, rate=config.calls_per_second / config.speed,
+                     total=config.total_calls, rng=random.Random(f"arrivals:{config.seed}"))
+    return play(_generator(config), times, max_concurrency=config.max_concurrency)
 
 
 # ---------------------------------------------------------------------------- offline
@@ -253,7 +292,8 @@ class Simulator:
         if not self.config.wait_for_client:
             self._go.set()
         log.info("simulator_started", host=self.config.host, port=self.port, seed=self.config.seed,
-                 total_calls=self.config.total_calls, speed=self.config.speed)
+                 total_calls=self.config.total_calls, speed=self.config.speed, load_curve=self.config.load_curve,
+                 customers=self.config.customers)
 
     async def close(self) -> None:
         if self._server is not None:

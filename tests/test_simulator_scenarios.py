@@ -432,12 +432,13 @@ def test_cdr_events_carry_the_mapped_headers() -> None:
 
 
 def test_names_and_numbers_look_polish() -> None:
-    """Callers carry Polish names with diacritics (sent as UTF-8) and Polish or foreign numbers."""
+    """Callers carry Polish names with diacritics (sent as UTF-8) and Polish (mobile or landline)
+    or foreign numbers."""
     capture = render_capture(SimulatorConfig(total_calls=120, seed=2, mix={"in_answered": 1}))
     text = capture.decode("utf-8")
     assert re.search(r"CallerIDName: [^\r]*[ĄĆĘŁŃÓŚŹŻąćęłńóśźż]", text)
     callers = set(re.findall(r"Event: NewCallerid\r\n(?:[^\r]*\r\n)*?CallerIDNum: (\+\d+)", text))
-    assert callers and all(re.fullmatch(r"\+48[5-8]\d{8}|\+44\d{10}|\+49\d{9}", c) for c in callers)
+    assert callers and all(re.fullmatch(r"\+48(?:[5-8]\d|[1-4]2)\d{7}|\+44\d{10}|\+49\d{9}", c) for c in callers)
 
 
 def test_same_seed_gives_the_same_bytes() -> None:
@@ -479,7 +480,7 @@ def test_the_generator_follows_the_mix_and_distributions() -> None:
         S.parse_mix("in_answered=1,no_such_kind=2")
 
 
-PURE = ("ami.py", "pbx.py", "scenarios.py", "schedule.py")
+PURE = ("ami.py", "customers.py", "pbx.py", "scenarios.py", "schedule.py")
 
 
 @pytest.mark.parametrize("module", PURE)

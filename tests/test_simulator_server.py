@@ -140,6 +140,25 @@ def test_twenty_calls_filtered_stream_and_manifest(tmp_path: Path) -> None:
     assert records == rendered.calls
 
 
+def test_the_manifest_has_the_callbacks_the_server_played(tmp_path: Path) -> None:
+    """Missed calls called back within the run: the server's manifest holds each callback's
+    exact record, equal to what render gives for the same config."""
+    manifest = tmp_path / "manifest.jsonl"
+    config = SimulatorConfig(total_calls=40, seed=5, speed=3000, calls_per_second=100, start_time=1.8e9,
+                             mix={"in_no_answer": 1, "in_answered": 1, "out_mobile": 1},
+                             callback_probability=0.9, redial_probability=0.1, callback_delay="fixed:30",
+                             redial_delay="fixed:30", manifest_path=str(manifest), wait_for_client=False)
+
+    async def body(sim: Simulator) -> None:
+        await sim.done.wait()
+
+    run(config, body)
+    records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    assert records == render(config).calls
+    follow_ups = [r for r in records if r["follow_up"]]
+    assert len(follow_ups) >= 5 and {"callback", "redial"} <= {r["follow_up"] for r in follow_ups}
+
+
 def test_include_filter_and_event_mask() -> None:
     """With an include filter only matching events pass; EventMask off stops them."""
 
