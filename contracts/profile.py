@@ -38,6 +38,10 @@ class PbxProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=T
     channels: tuple[ChannelRule, ...]
     internal_number: str = r"^\d{2,5}$"
     """Numbers an employee dials that are extensions (an internal call), not the PSTN."""
+    # tariffs: how the PBX's users dial the PSTN, to read dialled numbers as E.164 (enrich.tariffs)
+    country_code: str = "48"  # prepended to numbers dialled with the national prefix (or none)
+    national_prefix: str = "0"  # "0601234567" -> +48601234567; "" when numbers are dialled bare
+    international_prefix: str = "00"  # "0044…" -> +44…; a leading "+" is always international
 
     @cached_property
     def _compiled(self) -> tuple[tuple[re.Pattern[str], ChannelRule], ...]:

@@ -6,6 +6,7 @@ Field names follow ``tests/fixtures/asterisk/expected_calls.json`` where it name
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 import msgspec
@@ -49,6 +50,24 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     disposition: str  # Asterisk's last CDR disposition of the PBX leg ("" when no Cdr event)
     incomplete: bool  # closed by timeout or end of input before every channel hung up
     version: int  # grows with every event folded in; the deduplicating table keeps the highest
+    # tariffs: the cost of an outbound call (enrich.tariffs.Rating, same fields in the same order).
+    # Defaults = not rated, so payloads written before these fields existed still decode.
+    # Money is decimal.Decimal (exact; ClickHouse Decimal(18, 4)), never a float.
+    cost: Decimal = Decimal(0)  # sell price: what the customer is charged, in `currency`
+    cost_buy: Decimal = Decimal(0)  # buy price: what the carrier charges the operator
+    margin: Decimal = Decimal(0)  # cost - cost_buy
+    currency: str = ""
+    billed_s: int = 0  # seconds charged after free seconds and billing increments
+    rating: str = ""  # "" not rated | rated | unanswered | no_match | no_band | bad_number
+    called_e164: str = ""  # the dialled number as E.164 ("+48601234567")
+    tariff_plan: str = ""
+    tariff_version: str = ""  # content hash of the price list that rated the call
+    tariff_prefix: str = ""  # the longest prefix that matched
+    destination: str = ""
+    destination_category: str = ""  # national | mobile | international | premium | emergency
+    tariff_band: str = ""  # the time band (peak, offpeak, …) at the call's start
+    rate: Decimal = Decimal(0)  # sell price per minute applied
+    increments: str = ""  # billing increments applied, "first/next" seconds ("60/60", "30/6")
 
 
 class CallLeg(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,3 +107,11 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     reason: QuarantineReason
     detail: str
     raw: str  # the frame as text; undecodable bytes are backslash-escaped
+
+
+# Kafka payloads (the records topic): msgpack, one Struct per message; the message's kind header
+# (contracts.kafka) says which.
+record_encoder = msgspec.msgpack.Encoder()
+call_record_decoder = msgspec.msgpack.Decoder(CallRecord)
+call_leg_decoder = msgspec.msgpack.Decoder(CallLeg)
+quarantined_decoder = msgspec.msgpack.Decoder(Quarantined)

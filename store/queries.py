@@ -12,8 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal, Protocol, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
 
 from contracts.records import CallRecord, Status
 
@@ -141,6 +144,8 @@ def call_history(
             if name in TIME_FIELDS:
                 ms = row[f"{name}_ms"]
                 call[name] = None if ms is None else ms / 1000
+            elif isinstance(row[name], Decimal):  # money: a string keeps it exact in JSON
+                call[name] = money_str(row[name])
             else:
                 call[name] = row[name]
         call["start_local"] = _local(call["start"], zone)
@@ -310,6 +315,108 @@ def top_destinations(
     ``talk_s_total``."""
     q = top_destinations_query(limit, since=since, until=until, pbx_id=pbx_id, tz=tz)
     return store.query(q.sql, q.parameters)
+
+
+# -- tariffs: spend and re-rating ------------------------------------------------------------------
+
+
+def money_str(amount: Decimal) -> str:
+    """An amount as text: two decimals, more only when they matter ("0.40", "0.1235")."""
+    two = amount.quantize(Decimal("0.01"))
+    return str(two if two == amount else amount.normalize())
+
+
+_SPEND = (
+    "count() AS calls, countIf(answered) AS answered_calls, sum(billed_s) AS billed_s,"
+    " sum(cost) AS cost, sum(cost_buy) AS cost_buy, sum(margin) AS margin"
+)
+
+
+def spend_by_destination_query(
+    *, since: TimeBound | None = None, until: TimeBound | None = None, pbx_id: str | None = None,
+    tz: str = "UTC", limit: int = 20,
+) -> Query:
+    conds, params = _range(since, until, _zone(tz), pbx_id)
+    conds[:0] = ["direction = 'outbound'", "tariff_version != ''"]
+    params["limit"] = _limit(limit)
+    sql = (
+        "SELECT if(rating IN ('no_match', 'bad_number'), '(not in the price list)', destination)"
+        f" AS destination, destination_category AS category, currency, {_SPEND}"
+        f" FROM calls FINAL{_where(conds)} GROUP BY destination, category, currency"
+        " ORDER BY cost DESC, calls DESC, destination LIMIT {limit:UInt32}"
+    )
+    return Query(sql, params)
+
+
+def spend_by_destination(
+    store: Queryable, *, since: TimeBound | None = None, until: TimeBound | None = None,
+    pbx_id: str | None = None, tz: str = "UTC", limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Outbound spend per destination (rated calls): ``destination``, ``category``, ``currency``,
+    ``calls``, ``answered_calls``, ``billed_s``, ``cost`` (sell), ``cost_buy``, ``margin``
+    (Decimals); highest cost first. Numbers the price list lacks show as "(not in the price list)"."""
+    q = spend_by_destination_query(since=since, until=until, pbx_id=pbx_id, tz=tz, limit=limit)
+    return store.query(q.sql, q.parameters)
+
+
+def spend_by_extension_query(
+    *, since: TimeBound | None = None, until: TimeBound | None = None, pbx_id: str | None = None,
+    tz: str = "UTC", limit: int = 20,
+) -> Query:
+    conds, params = _range(since, until, _zone(tz), pbx_id)
+    conds[:0] = ["direction = 'outbound'", "tariff_version != ''"]
+    params["limit"] = _limit(limit)
+    sql = (
+        f"SELECT pbx_id, caller AS extension, currency, {_SPEND}"
+        f" FROM calls FINAL{_where(conds)} GROUP BY pbx_id, extension, currency"
+        " ORDER BY cost DESC, calls DESC, extension LIMIT {limit:UInt32}"
+    )
+    return Query(sql, params)
+
+
+def spend_by_extension(
+    store: Queryable, *, since: TimeBound | None = None, until: TimeBound | None = None,
+    pbx_id: str | None = None, tz: str = "UTC", limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Outbound spend per extension (the caller): ``pbx_id``, ``extension``, ``currency``, ``calls``,
+    ``answered_calls``, ``billed_s``, ``cost``, ``cost_buy``, ``margin``; highest cost first."""
+    q = spend_by_extension_query(since=since, until=until, pbx_id=pbx_id, tz=tz, limit=limit)
+    return store.query(q.sql, q.parameters)
+
+
+def outbound_calls_query(
+    *, since: TimeBound | None = None, until: TimeBound | None = None, pbx_id: str | None = None,
+    tz: str = "UTC", after: tuple[int, str] | None = None, limit: int = 10_000, count: bool = False,
+) -> Query:
+    """Outbound calls in a range, oldest first, every CallRecord field (times as ``<name>_ms``);
+    ``after`` = (start ms, call_id) of the last row of the previous page. ``count``: just count()."""
+    conds, params = _range(since, until, _zone(tz), pbx_id)
+    conds.insert(0, "direction = 'outbound'")
+    if count:
+        return Query(f"SELECT count() AS calls FROM calls FINAL{_where(conds)}", params)
+    if after is not None:
+        conds.append("(start, call_id) > (fromUnixTimestamp64Milli({after_ms:Int64}, 'UTC'), {after_id:String})")
+        params["after_ms"], params["after_id"] = after
+    params["limit"] = _limit(limit)
+    columns = ", ".join(
+        f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
+        for c in CALL_FIELDS
+    )
+    sql = (f"SELECT {columns} FROM calls FINAL{_where(conds)}"
+           " ORDER BY start, call_id LIMIT {limit:UInt32}")
+    return Query(sql, params)
+
+
+def record_from_row(row: Mapping[str, Any]) -> CallRecord:
+    """A CallRecord from a row of :func:`outbound_calls_query`."""
+    fields = {}
+    for name in CALL_FIELDS:
+        if name in TIME_FIELDS:
+            ms = row[f"{name}_ms"]
+            fields[name] = None if ms is None else ms / 1000
+        else:
+            fields[name] = row[name]
+    return msgspec.convert(fields, CallRecord)
 
 
 # -- helpers -------------------------------------------------------------------------------------

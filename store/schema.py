@@ -16,6 +16,7 @@ from importlib import resources
 import msgspec
 
 from contracts.records import CallLeg, CallRecord, Quarantined
+from contracts.tariffs import TariffAlert, TariffRow
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ QUARANTINE = Table("quarantine", Quarantined, leading=("id",))
 """``id``: :func:`quarantine_id`, so the same bad frame replayed collapses to one row."""
 
 TABLES = (CALLS, CALL_LEGS, QUARANTINE)
+
+# tariffs (migration 0002)
+TARIFFS = Table("tariffs", TariffRow)
+TARIFF_ALERTS = Table("tariff_alerts", TariffAlert)
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations

@@ -137,7 +137,9 @@ def test_unknown_events_and_responses_are_ignored(capture_profile):
 
 
 FORBIDDEN = {"aiokafka", "clickhouse_connect", "chdb", "panoramisk", "minio", "asyncio", "socket",
-             "time", "datetime", "structlog", "prometheus_client", "os", "io"}
+             "time", "structlog", "prometheus_client", "os", "io"}
+# datetime is allowed for calendar arithmetic (tariffs' local time bands) but not to read the clock
+CLOCK_READS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
 
 
 def test_domain_core_is_pure():
@@ -153,3 +155,5 @@ def test_domain_core_is_pure():
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in FORBIDDEN, f"{path.name} imports {n}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in CLOCK_READS, f"{path.name} reads the clock: {node.func.attr}()"

@@ -7,6 +7,7 @@ import sys
 import types
 import typing
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -16,6 +17,8 @@ from store.schema import (
     CALLS,
     QUARANTINE,
     TABLES,
+    TARIFF_ALERTS,
+    TARIFFS,
     Migration,
     Table,
     batch_token,
@@ -25,7 +28,7 @@ from store.schema import (
     split_statements,
 )
 
-TIME_FIELDS = {"start", "answer", "end", "received_at"}
+TIME_FIELDS = {"start", "answer", "end", "received_at", "valid_from", "valid_to", "hour", "at"}
 
 
 def test_split_statements_drops_comments_and_splits_on_line_end_semicolons() -> None:
@@ -110,11 +113,12 @@ def test_interrupted_migration_can_be_applied_again(store: ClickHouseStore) -> N
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+@pytest.mark.parametrize("table", (*TABLES, TARIFFS, TARIFF_ALERTS), ids=lambda t: t.name)
 def test_table_columns_match_the_struct(store: ClickHouseStore, table: Table) -> None:
     """Each table has exactly its Struct's fields (plus the documented extra columns), in order,
     with types that follow the field types: times DateTime64(3, 'UTC'), X | None Nullable,
-    tuples Array(String), bool Bool, int an integer, str (Literal) a String."""
+    tuples Array(String), bool Bool, int an integer, Decimal (money) Decimal(18, 4),
+    str (Literal) a String."""
     cols = _columns(store, table.name)
     assert [c["name"] for c in cols] == list(table.columns)
     materialized = {c["name"] for c in cols if c["default_kind"] == "MATERIALIZED"}
@@ -138,6 +142,8 @@ def test_table_columns_match_the_struct(store: ClickHouseStore, table: Table) ->
             assert inner in ("Int32", "Int64", "UInt32", "UInt64"), name
         elif base is float:
             assert inner == "Float64", name
+        elif base is Decimal:
+            assert inner == "Decimal(18, 4)", name
         else:  # str or a Literal of str
             assert inner in ("String", "LowCardinality(String)"), name
 

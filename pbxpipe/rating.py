@@ -1,0 +1,234 @@
+"""The tariff shell: price-list files -> Rater, the ``tariffs`` table, unusual-traffic alerts, re-rating.
+
+The rating itself is pure (enrich/tariffs.py, enrich/spend.py); this module reads files, talks to
+ClickHouse and counts metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import structlog
+
+from contracts import metrics
+from contracts.config import Settings
+from contracts.errors import ConfigError, TariffError
+from contracts.profile import PbxProfile
+from contracts.records import CallRecord
+from contracts.tariffs import TariffAlert
+from enrich.spend import SpendRule, SpendWatch
+from enrich.tariffs import Rater, Tariff, file_kind, parse_tariff, rating_of, rerated_version
+from store import queries
+from store.clickhouse import ClickHouseStore
+from store.schema import TARIFFS, batch_token
+
+log = structlog.get_logger("pbxpipe.rating")
+
+SAMPLE = "sample:tariffs_pl"
+FILES = ("rates.csv", "customers.csv", "holidays.csv")
+
+
+def zone_of(settings: Settings) -> ZoneInfo:
+    try:
+        return ZoneInfo(settings.tariff_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"tariff_timezone: unknown time zone {settings.tariff_timezone!r}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise TariffError([f"{path}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise TariffError([f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8"]) from None
+
+
+def read_files(path: str) -> tuple[dict[str, str], tuple[str, str, str]]:
+    """The texts of a price list (rates, customers, holidays) and their names for messages.
+
+    ``path``: "" = the sample shipped in pbxpipe/data/tariffs_pl; a directory with rates.csv and
+    optionally customers.csv and holidays.csv; or a rates CSV (its siblings are read if present).
+    """
+    if not path:
+        base = resources.files("pbxpipe").joinpath("data", "tariffs_pl")
+        texts = {n: base.joinpath(n).read_text(encoding="utf-8") for n in FILES}
+        return texts, tuple(f"{SAMPLE}/{n}" for n in FILES)  # type: ignore[return-value]
+    p = Path(path)
+    rates = p / "rates.csv" if p.is_dir() else p
+    if not rates.exists():
+        raise TariffError([f"{rates}: no such file"])
+    names = (rates, rates.with_name("customers.csv"), rates.with_name("holidays.csv"))
+    texts = {FILES[0]: _read(rates)}
+    for key, f in zip(FILES[1:], names[1:], strict=True):
+        texts[key] = _read(f) if f.exists() else ""
+    return texts, tuple(str(n) for n in names)  # type: ignore[return-value]
+
+
+def load_tariff(settings: Settings, path: str | None = None) -> Tariff:
+    """The price list of the settings (``tariff_path``), validated."""
+    texts, sources = read_files(settings.tariff_path if path is None else path)
+    return parse_tariff(texts["rates.csv"], customers=texts["customers.csv"],
+                        holidays=texts["holidays.csv"], zone=zone_of(settings), sources=sources)
+
+
+def check_file(path: Path, settings: Settings) -> str:
+    """Validate one file of a price list (kind read from its header) or a whole price list;
+    returns a summary line, raises TariffError listing every problem."""
+    if path.is_dir() or file_kind(_read(path)) == "rates":
+        tariff = load_tariff(settings, str(path))
+        plans = sorted({r.plan for r in tariff.rates})
+        return (f"ok: {len(tariff.rates)} rates in {len(plans)} plans ({', '.join(plans)}; default "
+                f"{tariff.default_plan}), {len(tariff.plans)} customers, {len(tariff.holidays)} "
+                f"holidays; version {tariff.version}")
+    text = _read(path)
+    kind = file_kind(text)
+    zone = zone_of(settings)
+    if kind == "customers":
+        parse_tariff("", customers=text, zone=zone, sources=("", str(path), ""))
+    elif kind == "holidays":
+        parse_tariff("", holidays=text, zone=zone, sources=("", "", str(path)))
+    else:
+        raise TariffError([f"{path}:1: header: not a rates, customers or holidays file "
+                           "(rates need prefix and sell_per_min; customers: customer,plan; holidays: date,name)"])
+    return f"ok: {kind} file"
+
+
+def spend_rule(settings: Settings) -> SpendRule:
+    try:
+        max_cost = Decimal(settings.tariff_alert_cost_per_hour or "0")
+    except InvalidOperation:
+        raise ConfigError(f"tariff_alert_cost_per_hour: not a decimal number: "
+                          f"{settings.tariff_alert_cost_per_hour!r}") from None
+    if settings.tariff_alert_scope not in ("extension", "customer"):
+        raise ConfigError(f"tariff_alert_scope: extension or customer, got {settings.tariff_alert_scope!r}")
+    cats = frozenset(c.strip() for c in settings.tariff_alert_categories.split(",") if c.strip())
+    return SpendRule(categories=cats, scope=settings.tariff_alert_scope,  # type: ignore[arg-type]
+                     max_cost=max_cost, max_calls=settings.tariff_alert_calls_per_hour)
+
+
+def publish(store: ClickHouseStore, tariff: Tariff) -> int:
+    """Load the price list into ClickHouse (table ``tariffs``) unless that version is there."""
+    have = store.query("SELECT count() AS n FROM tariffs WHERE version = {v:String}", {"v": tariff.version})
+    if have and int(have[0]["n"]):
+        return 0
+    rows = tariff.rows()
+    store.write_structs(TARIFFS, rows, f"tariffs:{tariff.version}")
+    log.info("tariff_loaded", version=tariff.version, rows=len(rows))
+    return len(rows)
+
+
+class RatingStage:
+    """What the pipeline needs for tariffs: the pure rating function for the CallBuilder, and the
+    unusual-traffic watch over the rated records the sink sees (alerts go to ``tariff_alerts``)."""
+
+    def __init__(self, tariff: Tariff, profile: PbxProfile, rule: SpendRule) -> None:
+        self.tariff = tariff
+        self.rater = Rater(tariff, profile)
+        self.watch = SpendWatch(rule)
+
+    @property
+    def rate(self) -> Callable[[CallRecord], CallRecord]:
+        return self.rater.rate_call
+
+    def observe(self, record: CallRecord) -> list[TariffAlert]:
+        if record.rating:
+            metrics.TARIFF_RATED_CALLS.labels(record.pbx_id, record.rating).inc()
+        alerts = self.watch.observe(record)
+        for a in alerts:
+            metrics.TARIFF_ALERTS.labels(a.pbx_id, a.scope, a.kind).inc()
+            log.warning("traffic_alert_raised", pbx=a.pbx_id, scope=a.scope, key=a.key,
+                        kind=a.kind, calls=a.calls, cost=str(a.cost), threshold=str(a.threshold))
+        return alerts
+
+
+def rating_stage(settings: Settings, profile: PbxProfile,
+                 store: ClickHouseStore | None = None) -> RatingStage | None:
+    """The tariff stage of the settings (None when ``tariff_path`` is "off"); the price list is
+    loaded into ClickHouse when a store is given."""
+    if settings.tariff_path.strip().lower() == "off":
+        return None
+    tariff = load_tariff(settings)
+    if store is not None:
+        publish(store, tariff)
+    return RatingStage(tariff, profile, spend_rule(settings))
+
+
+# -- re-rating ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RerateReport:
+    calls: int = 0  # outbound calls looked at
+    changed: int = 0  # written as a new row version
+    before: dict[str, Decimal] = field(default_factory=dict)  # currency -> sell total
+    after: dict[str, Decimal] = field(default_factory=dict)
+    margin_before: dict[str, Decimal] = field(default_factory=dict)
+    margin_after: dict[str, Decimal] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        def m(d: dict[str, Decimal]) -> dict[str, str]:
+            return {k or "-": queries.money_str(v) for k, v in sorted(d.items())}
+
+        return {"calls": self.calls, "changed": self.changed, "cost_before": m(self.before),
+                "cost_after": m(self.after), "margin_before": m(self.margin_before),
+                "margin_after": m(self.margin_after)}
+
+
+def _add(d: dict[str, Decimal], currency: str, amount: Decimal) -> None:
+    d[currency] = d.get(currency, Decimal(0)) + amount
+
+
+def rerate(store: ClickHouseStore, rater: Rater, *, since: Any = None, until: Any = None,
+           plan: str | None = None, pbx_id: str | None = None, tz: str = "UTC",
+           page: int = 5_000, progress: Callable[[int, int], None] | None = None,
+           dry_run: bool = False) -> RerateReport:
+    """Rate the outbound calls that started in [since, until) again and write those whose rating
+    changed as a new row version (see enrich.tariffs.rerated_version). Idempotent: with the same
+    price list nothing changes the second time. ``plan``: only calls on that plan, before or after.
+    ``progress(done, total)`` is called after each page."""
+    report = RerateReport()
+    q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz, count=True)
+    total = int(store.query(q.sql, q.parameters)[0]["calls"])
+    after: tuple[int, str] | None = None
+    done = 0
+    while True:
+        q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz,
+                                         after=after, limit=page)
+        rows = store.query(q.sql, q.parameters)
+        if not rows:
+            break
+        after = (int(rows[-1]["start_ms"]), rows[-1]["call_id"])
+        changed: list[CallRecord] = []
+        for row in rows:
+            old = queries.record_from_row(row)
+            new = rater.rate_call(old)
+            if plan is not None and plan not in (old.tariff_plan, new.tariff_plan):
+                continue
+            report.calls += 1
+            _add(report.before, old.currency, old.cost)
+            _add(report.margin_before, old.currency, old.margin)
+            _add(report.after, new.currency, new.cost)
+            _add(report.margin_after, new.currency, new.margin)
+            if rating_of(new) != rating_of(old):
+                changed.append(msgspec.structs.replace(new, version=rerated_version(old.version)))
+        if changed and not dry_run:
+            store.write_calls(changed, batch_token("calls", changed))
+        report.changed += len(changed)
+        metrics.TARIFF_RERATED_CALLS.inc(0 if dry_run else len(changed))
+        done += len(rows)
+        if progress:
+            progress(done, total)
+    for d in (report.before, report.after, report.margin_before, report.margin_after):
+        for k in [k for k, v in d.items() if k == "" and v == 0]:
+            del d[k]  # calls that were never rated carry no currency and no cost
+    log.info("calls_rerated", calls=report.calls, changed=report.changed, dry_run=dry_run)
+    return report
+
