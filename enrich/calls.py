@@ -22,8 +22,9 @@ Rules, checked against a real Asterisk 22 (tests/fixtures/asterisk):
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from contracts.envelope import Envelope
@@ -34,6 +35,9 @@ from enrich.events import Event, MissingLinkedid, decode
 Output = CallRecord | CallLeg | Quarantined
 
 RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
+RECORDING_USERFIELD_PATTERNS = (r"^rec:(?P<file>\S+)$",)
+"""CDR userfields that name a recording; the ``file`` group (else the whole match) is its name.
+MixMonitorStart names no file (Asterisk 22), so the variable and the userfield are the sources."""
 
 # Unanswered outbound/internal calls: the dialled leg's DialStatus, else the origin's cause.
 _DIAL_STATUS: dict[str, Status] = {
@@ -126,12 +130,16 @@ class CallBuilder:
         grace_s: float = 2.0,
         timeout_s: float = 4 * 3600.0,
         tombstone_s: float = 300.0,
+        recording_patterns: Sequence[str] = RECORDING_USERFIELD_PATTERNS,
+        rate: Callable[[CallRecord], CallRecord] | None = None,
     ) -> None:
         self.profile = profile
+        self.rate = rate  # tariffs: a pure rating function (enrich.tariffs.Rater.rate_call)
         self.pbx_id = pbx_id or profile.pbx_id
         self.grace_s = grace_s
         self.timeout_s = timeout_s
         self.tombstone_s = tombstone_s
+        self._recording_patterns = tuple(re.compile(p) for p in recording_patterns)
         self._calls: dict[str, _Call] = {}
         self._closing: dict[str, float] = {}
         self._closed: OrderedDict[str, float] = OrderedDict()  # linkedid -> forget after
@@ -160,6 +168,10 @@ class CallBuilder:
     @property
     def open_calls(self) -> int:
         return len(self._calls)
+
+    def is_open(self, linkedid: str) -> bool:
+        """Whether the call is held (not emitted yet): its events must be replayed after a restart."""
+        return linkedid in self._calls
 
     def feed(self, env: Envelope) -> list[Output]:
         """Fold one envelope in. Returns quarantined input only; records come from advance()."""
@@ -304,10 +316,16 @@ class CallBuilder:
             call.transfer_event = True
 
     def _on_varset(self, call: _Call, ev: Event) -> None:
-        if ev.variable == RECORDING_VARIABLE and ev.value and ev.value not in call.recordings:
-            call.recordings.append(ev.value)
+        if ev.variable == RECORDING_VARIABLE and ev.value:
+            _add_recording(call, ev.value)
 
     def _on_cdr(self, call: _Call, ev: Event) -> None:
+        if ev.userfield:
+            for rx in self._recording_patterns:
+                m = rx.search(ev.userfield)
+                if m:
+                    _add_recording(call, m.groupdict().get("file") or m.group(0))
+                    break
         # One CDR row per (party A, party B) and per dial attempt; the call's outcome is the
         # row that ended last (a ring group's losing forks end before the winner's row).
         row = (ev.cdr_end, call.events, ev.disposition)
@@ -330,12 +348,21 @@ class CallBuilder:
             self._reject("no_pbx_leg")
             return []
         record = summarize(call, origin, self.profile, self.pbx_id, incomplete)
+        if self.rate is not None:
+            record = self.rate(record)
         legs = [
             _leg_record(leg, record)
             for uid, leg in call.legs.items()
             if uid != origin.uniqueid
         ]
         return [record, *legs]
+
+
+def _add_recording(call: _Call, name: str) -> None:
+    # the variable gives the PBX's full path, a userfield often just the file name: one file
+    base = name.rsplit("/", 1)[-1]
+    if all(r.rsplit("/", 1)[-1] != base for r in call.recordings):
+        call.recordings.append(name)
 
 
 def _r(x: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.envelope import Envelope
+from contracts.envelope import LINKEDID_HEADERS, Envelope
 
 UNKNOWN = "<unknown>"
 
@@ -36,6 +36,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     disposition: str = ""
     cdr_end: str = ""  # Cdr EndTime: local time "YYYY-MM-DD HH:MM:SS", sorts as text
     result: str = ""
+    userfield: str = ""  # Cdr UserField: may name the call's recording (rec:<file>)
 
 
 # event kind -> whether it must carry a Linkedid to be routed to a call
@@ -49,7 +50,7 @@ _ROUTED_BY_LINKEDID = frozenset(
 )
 DECODED_KINDS = _ROUTED_BY_LINKEDID | {"Cdr"}
 
-_LINKEDID_FALLBACKS = ("DestLinkedid", "TransfereeLinkedid", "OrigTransfererLinkedid", "LinkedID")
+_LINKEDID_FALLBACKS = LINKEDID_HEADERS[1:]
 
 
 class MissingLinkedid(Exception):
@@ -88,6 +89,7 @@ def decode(env: Envelope) -> Event | None:
             kind=kind, time=time, recv=env.recv_time, linkedid=h.get("LinkedID", ""),
             uniqueid=h.get("UniqueID", ""), channel=h.get("Channel", ""),
             disposition=h.get("Disposition", ""), cdr_end=h.get("EndTime", ""),
+            userfield=h.get("UserField", ""),
         )
     if not linkedid:
         raise MissingLinkedid(kind)

@@ -260,6 +260,10 @@ class ClickHouseStore:
         log.debug("batch_written", table=table.name, rows=len(rows), token=token)
         return len(rows)
 
+    def write_structs(self, table: Table, items: Sequence[msgspec.Struct], token: str) -> int:
+        """Insert Structs into any table shaped like them (retention's tables)."""
+        return self._write(table, [msgspec.structs.astuple(i) for i in items], token)
+
     def _column_types(self, table: Table) -> list[str]:
         """ClickHouse types of the insert columns, read once from the table (the migrations are
         the source of truth), so inserts need no DESCRIBE round trip."""
@@ -291,6 +295,24 @@ class ClickHouseStore:
             return list(result.named_results())
 
         return _retrying(self.retry, run, what=f"query at {self.dsn}", table="")
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                settings: Mapping[str, Any] | None = None) -> None:
+        """Run DDL or a mutation (retention, holds, erasure), retried like every call."""
+
+        def run() -> None:
+            self._client.command(sql, parameters=dict(parameters or {}),
+                                 settings=dict(settings or {}))
+
+        _retrying(self.retry, run, what=f"command at {self.dsn}", table="")
+
+    def stream_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """A context manager yielding pyarrow RecordBatches as the server sends them (exports:
+        constant memory). Not retried: a stream cannot resume half-way."""
+        try:
+            return self._client.query_arrow_stream(sql, parameters=dict(parameters or {}))
+        except Exception as e:
+            raise StoreError(f"query at {self.dsn} failed: {describe(e)}") from e
 
     def _command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         def run() -> None:

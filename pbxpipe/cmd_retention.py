@@ -1,0 +1,285 @@
+"""Commands for recordings, retention, legal holds, export and erasure (issue 5)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+
+from contracts.config import Settings
+from contracts.errors import PbxPipeError
+
+Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
+Objects = Annotated[Optional[str], typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
+
+recordings_app = typer.Typer(no_args_is_help=True, help="Call recordings in object storage.")
+retention_app = typer.Typer(no_args_is_help=True, help="Retention policies, expiry and legal holds.")
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+class HoldKind(str, Enum):
+    call = "call"
+    number = "number"
+    customer = "customer"
+
+
+def _settings(**flags: Any) -> Settings:
+    from pbxpipe.cli import _settings as settings
+
+    return settings(log_format="console", **flags)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"pbxpipe: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _open(settings: Settings) -> tuple[Any, Any]:
+    from pbxpipe.pipeline import open_store
+    from store.objects import open_object_store
+
+    return open_store(settings), open_object_store(settings)
+
+
+def _default(settings: Settings) -> Any:
+    from retention.jobs import default_policy
+
+    return default_policy(settings.retention_call_days, settings.retention_recording_days)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+
+
+@recordings_app.command("url")
+def recordings_url(
+    call_id: Annotated[str, typer.Argument(help="The call id (<pbx>:<linkedid>).")],
+    ttl: Annotated[Optional[int], typer.Option(help="Seconds the link works [PBXPIPE_RECORDINGS_URL_TTL_S] (900).")] = None,
+    clickhouse: Dsn = None,
+    object_store: Objects = None,
+) -> None:
+    """Print a presigned link to each recording of a call, valid for a short time."""
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store,
+                         recordings_url_ttl_s=ttl)
+    try:
+        store, objects = _open(settings)
+        rows = store.query("SELECT key FROM recordings FINAL WHERE call_id = {c:String} ORDER BY key",
+                           {"c": call_id})
+        if not rows:
+            _fail(f"no recording of call {call_id!r}")
+        for r in rows:
+            typer.echo(objects.presigned_url(r["key"], settings.recordings_url_ttl_s))
+    except PbxPipeError as e:
+        _fail(str(e))
+
+
+@retention_app.command("set")
+def retention_set(
+    customer: Annotated[str, typer.Option(help="Customer (PBX id).")],
+    call_days: Annotated[int, typer.Option(help="Days call records live.")],
+    recording_days: Annotated[Optional[int], typer.Option(help="Days recordings live (<= call days).")] = None,
+    clickhouse: Dsn = None,
+) -> None:
+    """Give a customer its own retention (takes effect with `retention apply`)."""
+    from pbxpipe.pipeline import open_store
+    from retention.jobs import set_policy
+    from retention.policies import make_policy
+
+    settings = _settings(clickhouse_dsn=clickhouse)
+    try:
+        policy = make_policy(customer, call_days, recording_days)
+        set_policy(open_store(settings), policy, time.time())
+    except PbxPipeError as e:
+        _fail(str(e))
+    typer.echo(f"{customer}: calls {policy.call_days} days, recordings {policy.recording_days} days")
+
+
+@retention_app.command("apply")
+def retention_apply(clickhouse: Dsn = None, object_store: Objects = None) -> None:
+    """Set the ClickHouse TTLs and the bucket lifecycle rules from the policies; sync holds."""
+    from retention.jobs import apply
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects = _open(settings)
+        out = apply(store, objects, _default(settings), time.time())
+    except PbxPipeError as e:
+        _fail(str(e))
+    for table, ttl in out["ttl"].items():
+        typer.echo(f"{table}: TTL {ttl}")
+    for rule in out["lifecycle"]:
+        typer.echo(f"lifecycle {rule.rule_id}: {rule.prefix}* expires after {rule.days} days")
+    typer.echo(f"held rows copied: {out['held_rows_synced']}")
+
+
+@retention_app.command("status")
+def retention_status(clickhouse: Dsn = None, object_store: Objects = None) -> None:
+    """Each policy and what expires next (JSON)."""
+    from retention.jobs import status
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects = _open(settings)
+        _echo_json(status(store, objects, _default(settings), time.time()))
+    except PbxPipeError as e:
+        _fail(str(e))
+
+
+@retention_app.command("hold")
+def retention_hold(
+    kind: Annotated[HoldKind, typer.Argument(help="call | number | customer")],
+    value: Annotated[str, typer.Argument(help="The call id, number or customer id.")],
+    reason: Annotated[str, typer.Option(help="Why (case reference).")] = "",
+    clickhouse: Dsn = None,
+    object_store: Objects = None,
+) -> None:
+    """Put a call, a number or a customer on legal hold: kept past expiry until released."""
+    from retention.jobs import place_hold
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects = _open(settings)
+        hold, copied = place_hold(store, objects, kind.value, value, reason, getpass.getuser(),
+                                  time.time())
+    except PbxPipeError as e:
+        _fail(str(e))
+    typer.echo(f"hold {hold.hold_id}: {kind.value} {value} ({copied} rows kept aside)")
+
+
+@retention_app.command("release")
+def retention_release(hold_id: str, clickhouse: Dsn = None, object_store: Objects = None) -> None:
+    """Release a legal hold."""
+    from retention.jobs import release_hold
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects = _open(settings)
+        release_hold(store, objects, hold_id, time.time())
+    except PbxPipeError as e:
+        _fail(str(e))
+    typer.echo(f"hold {hold_id} released")
+
+
+@retention_app.command("export-due")
+def retention_export_due(
+    to: Annotated[str, typer.Option("--to", help="Directory or s3://bucket/prefix.")],
+    within_days: Annotated[int, typer.Option(help="Months whose calls start expiring within this many days.")] = 30,
+    format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.parquet,
+    clickhouse: Dsn = None,
+    object_store: Objects = None,
+) -> None:
+    """Export every month about to expire that has not been exported (idempotent, recorded)."""
+    from retention.export import export_due
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects, dest = _export_target(settings, to)
+        done = export_due(store, dest=dest, fmt=format.value, within_days=within_days,
+                          default=_default(settings), now=time.time(), objects=objects)
+    except PbxPipeError as e:
+        _fail(str(e))
+    for d in done:
+        typer.echo(f"{d['customer']} {d['month']}: {d['rows']} rows -> {d['destination']}")
+    typer.echo(f"{len(done)} months exported")
+
+
+def _export_target(settings: Settings, to: str) -> tuple[Any, Any, str]:
+    from contracts.errors import ConfigError
+    from pbxpipe.pipeline import open_store
+
+    store = open_store(settings)
+    if not to.startswith("s3://"):
+        return store, None, to
+    from store.minio import MinioObjectStore
+
+    bucket, _, prefix = to[len("s3://"):].partition("/")
+    if not settings.object_store.startswith(("http://", "https://")):
+        raise ConfigError("s3:// exports need an S3 endpoint: PBXPIPE_OBJECT_STORE=http(s)://host:port/<bucket>")
+    base = settings.object_store.rsplit("/", 1)[0]
+    objects = MinioObjectStore.from_url(f"{base}/{bucket}", access_key=settings.s3_access_key,
+                                        secret_key=settings.s3_secret_key, region=settings.s3_region,
+                                        sse=settings.s3_sse)
+    return store, objects, prefix
+
+
+def export(
+    since: Annotated[str, typer.Option(help="From (ISO date/time, in --tz unless it has an offset).")],
+    until: Annotated[str, typer.Option(help="Until, exclusive.")],
+    to: Annotated[str, typer.Option("--to", help="Directory or s3://bucket/prefix.")],
+    customer: Annotated[Optional[str], typer.Option(help="Only this customer (PBX id).")] = None,
+    format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.csv,
+    tz: Annotated[str, typer.Option(help="Time zone of --since/--until and of the *_local columns.")] = "UTC",
+    clickhouse: Dsn = None,
+    object_store: Objects = None,
+) -> None:
+    """Export call records (streamed, constant memory) with a manifest of rows and checksums."""
+    from rich.progress import Progress
+
+    from retention.export import count_rows, export_calls
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail(f"--tz: unknown time zone {tz!r}")
+        raise AssertionError from None
+    try:
+        start, end = (datetime.fromisoformat(since), datetime.fromisoformat(until))
+    except ValueError as e:
+        _fail(f"--since/--until: {e}")
+        raise AssertionError from None
+    start = start if start.tzinfo else start.replace(tzinfo=zone)
+    end = end if end.tzinfo else end.replace(tzinfo=zone)
+    try:
+        store, objects, dest = _export_target(settings, to)
+        total = count_rows(store, start, end, customer, tz)
+        with Progress(transient=True) as bar:
+            task = bar.add_task("exporting", total=total)
+            manifest = export_calls(store, since=start, until=end, customer=customer,
+                                    fmt=format.value, dest=dest, tz=tz, objects=objects,
+                                    progress=lambda n: bar.advance(task, n))
+    except PbxPipeError as e:
+        _fail(str(e))
+    f = manifest["files"][0]
+    typer.echo(f"exported {manifest['rows']} rows to {to}: {f['name']} sha256 {f['sha256']}")
+
+
+def erase(
+    number: Annotated[str, typer.Option(help="The phone number or extension to erase.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing (audited).")] = False,
+    actor: Annotated[Optional[str], typer.Option(help="Who asks (audit); default the OS user.")] = None,
+    clickhouse: Dsn = None,
+    object_store: Objects = None,
+) -> None:
+    """Remove every call record and recording involving a number; holds win and are reported."""
+    from retention.jobs import erase_number
+
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
+    try:
+        store, objects = _open(settings)
+        out = erase_number(store, objects, number, actor=actor or getpass.getuser(),
+                           now=time.time(), dry_run=dry_run)
+    except PbxPipeError as e:
+        _fail(str(e))
+    verb = "would erase" if dry_run else "erased"
+    typer.echo(f"{verb} {out['calls']} calls, {out['legs']} legs, {out['recordings']} recordings, "
+               f"{out['quarantined']} quarantined frames")
+    for call_id, holds in sorted(out["held"].items()):
+        typer.echo(f"kept (legal hold {', '.join(holds)}): {call_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(recordings_app, name="recordings")
+    app.add_typer(retention_app, name="retention")
+    app.command("export")(export)
+    app.command("erase")(erase)
