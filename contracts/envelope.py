@@ -6,6 +6,10 @@ import msgspec
 
 Headers = tuple[tuple[str, str], ...]
 
+LINKEDID_HEADERS = ("Linkedid", "DestLinkedid", "TransfereeLinkedid", "OrigTransfererLinkedid",
+                    "LinkedID")
+"""Where an event names its call, in order of preference (``LinkedID``: Cdr's [mappings])."""
+
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
     """One AMI frame as received, lossless: every header in order, repeated ones too.

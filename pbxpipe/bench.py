@@ -28,6 +28,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kafka", action="store_true",
+                   help="also run the stages as processes through Kafka (a local Tansu broker "
+                        "unless PBXPIPE_KAFKA_BOOTSTRAP is set), with ceilings and end-to-end latency")
+    p.add_argument("--rate", type=float, default=500.0, help="end to end: new calls per second")
+    p.add_argument("--seconds", type=float, default=20.0, help="end to end: how long to place calls")
+    p.add_argument("--grace", type=float, default=0.3,
+                   help="end to end: call_grace_s (the wait for late events after the last Hangup)")
     args = p.parse_args()
 
     t = time.perf_counter()
@@ -85,6 +92,11 @@ def main() -> None:
         dt = time.perf_counter() - t
         print(f"store (chDB)   : {len(records) / dt:>10,.0f} call rows/s")
         store.close()
+
+    if args.kafka:
+        from pbxpipe.bench_kafka import run_kafka_bench
+
+        run_kafka_bench(data, rendered.events, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,253 @@
+"""`pbxpipe ingest | enrich | store`: the stages as separate processes joined by Kafka.
+
+Every setting of a stage is a flag named after its Settings field (``--kafka-bootstrap``) and
+the environment variable ``PBXPIPE_<FIELD>``; the flags are generated from contracts.config, so
+the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import signal
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import structlog
+import typer
+
+from contracts.config import Settings, env_name, load_settings, redacted
+from contracts.errors import AmiAuthError, PbxPipeError
+from contracts.logs import configure_logging
+from contracts.profile import DEFAULT_PROFILE, PbxProfile, load_profile
+
+log = structlog.get_logger("pbxpipe.kafka")
+
+KAFKA_FIELDS = tuple(f for f in Settings.__struct_fields__ if f.startswith("kafka_"))
+COMMON = ("log_format", "metrics_port")
+INGEST_FIELDS = ("pbx_id", "ami_host", "ami_port", "ami_user", "ami_secret", "ami_max_retries",
+                 "max_frame_bytes", "queue_size", *KAFKA_FIELDS, *COMMON)
+ENRICH_FIELDS = ("pbx_profile", "call_grace_s", "call_timeout_s", *KAFKA_FIELDS, *COMMON)
+STORE_FIELDS = ("clickhouse_dsn", "batch_rows", "batch_age_s", *KAFKA_FIELDS, *COMMON)
+
+IdleExit = Annotated[Optional[float], typer.Option(
+    help="Exit once caught up and idle for this many seconds (tests, one-off backfills).")]
+
+
+def _settings_flags(fields: tuple[str, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one flag per Settings field; it receives them as ``overrides``."""
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        resolved = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=resolved[p.name])
+               for p in inspect.signature(fn).parameters.values() if p.name != "overrides"]
+        hints = Settings.__annotations__
+        params = list(own)
+        for field in fields:
+            flag = "--" + field.replace("_", "-")
+            typ = eval(hints[field]) if isinstance(hints[field], str) else hints[field]  # noqa: S307
+            decl = f"{flag}/--no-{flag[2:]}" if typ is bool else flag
+            params.append(inspect.Parameter(
+                field, inspect.Parameter.KEYWORD_ONLY, default=None,
+                annotation=Annotated[Optional[typ], typer.Option(decl, help=f"[{env_name(field)}]")],  # type: ignore[valid-type]
+            ))
+
+        def command(**kwargs: Any) -> None:
+            overrides = {f: kwargs.pop(f) for f in fields}
+            fn(overrides=overrides, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        return command
+
+    return wrap
+
+
+def _settings(overrides: dict[str, Any], component: str) -> Settings:
+    """Settings of one stage; serves its /metrics, /healthz and /readyz when metrics_port is set."""
+    from pbxpipe.ops import always_ready, ami_ready, start_ops, store_ready
+
+    settings = load_settings(overrides)
+    configure_logging(settings.log_format)
+    readiness = {"ingest": ami_ready(settings.pbx_id), "store": store_ready()}.get(
+        component, always_ready)
+    start_ops(settings, component, readiness)
+    return settings
+
+
+def _profile(settings: Settings) -> PbxProfile:
+    return load_profile(settings.pbx_profile) if settings.pbx_profile else DEFAULT_PROFILE
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _run(main: Callable[[], Any]) -> None:
+    try:
+        asyncio.run(main())
+    except AmiAuthError as e:
+        typer.echo(f"pbxpipe: error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except PbxPipeError as e:
+        typer.echo(f"pbxpipe: error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def ingest_main(settings: Settings, captures: list[Path] | None = None,
+                      idle_exit: float | None = None, stop: asyncio.Event | None = None) -> None:
+    from pbxpipe.stages import IngestStage
+
+    stage = IngestStage(settings)
+    stop = stop or asyncio.Event()
+    await stage.start()
+    try:
+        if captures:
+            n = await stage.run_capture(captures)
+            log.info("capture_ingested", frames=n, sent=stage.sent, spooled_bytes=stage.spool.bytes,
+                     busy_s=round(stage.busy_s, 3))
+        else:
+            await stage.run_ami(stop, idle_exit)
+    finally:
+        await stage.close()
+
+
+async def enrich_main(settings: Settings, profile: PbxProfile, idle_exit: float | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    from pbxpipe.stages import EnrichStage
+
+    stage = EnrichStage(settings, profile, rate=_rate(settings, profile))
+    stop = stop or asyncio.Event()
+    await stage.start()
+    try:
+        await stage.run(stop, idle_exit)
+    finally:
+        await stage.close()
+
+
+def _rate(settings: Settings, profile: PbxProfile) -> Callable[[Any], Any] | None:
+    """The tariff's pure rating function for the call builders (None with tariffs off)."""
+    from pbxpipe.rating import rating_stage
+
+    stage = rating_stage(settings, profile)
+    return stage.rate if stage is not None else None
+
+
+def open_kafka_store(settings: Settings) -> Any:
+    """ClickHouse for the store stage: few quick retries, the stage backs off on its own."""
+    from store.clickhouse import ClickHouseStore, RetryPolicy
+
+    store = ClickHouseStore.connect(settings.clickhouse_dsn,
+                                    retry=RetryPolicy(attempts=2, initial_s=0.2, max_s=1.0))
+    store.migrate()
+    return store
+
+
+async def store_main(settings: Settings, store: Any = None, idle_exit: float | None = None,
+                     stop: asyncio.Event | None = None) -> None:
+    from pbxpipe.stages import StoreStage
+
+    stage = StoreStage(settings, store if store is not None else open_kafka_store(settings))
+    stop = stop or asyncio.Event()
+    await stage.start()
+    try:
+        await stage.run(stop, idle_exit)
+    finally:
+        await stage.close()
+
+
+async def run_via_kafka(settings: Settings, profile: PbxProfile, store: Any,
+                        idle_exit: float | None = None) -> None:
+    """`pbxpipe run` with Kafka configured: the three stages in one process, through Kafka.
+
+    With ``idle_exit``, ingest ends after that long without frames; enrich and store end once
+    they have stayed caught up, with nothing open or pending, for as long.
+    """
+    from pbxpipe.stages import EnrichStage, IngestStage, StoreStage
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    ingest = IngestStage(settings)
+    enrich = EnrichStage(settings, profile, rate=_rate(settings, profile))
+    sink = StoreStage(settings, store)
+    await ingest.start()  # creates the topics
+    await asyncio.gather(enrich.start(), sink.start())
+    tasks = [asyncio.create_task(ingest.run_ami(stop, idle_exit), name="ingest"),
+             asyncio.create_task(enrich.run(stop), name="enrich"),
+             asyncio.create_task(sink.run(stop), name="store")]
+    try:
+        quiet_since: float | None = None
+        while True:
+            done, _ = await asyncio.wait(tasks, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # a failure of any stage ends the run
+            if stop.is_set():
+                break
+            if idle_exit is None or not tasks[0].done():
+                continue
+            now = asyncio.get_running_loop().time()
+            if not (ingest.idle and enrich.idle and sink.idle):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= idle_exit:
+                break
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ingest.close()
+        await enrich.close()
+        await sink.close()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @_settings_flags(INGEST_FIELDS)
+    def ingest(
+        overrides: dict[str, Any],
+        capture: Annotated[Optional[list[Path]], typer.Option(help="Raw AMI capture(s) to send instead of a live AMI.", exists=True, dir_okay=False)] = None,
+        idle_exit: IdleExit = None,
+    ) -> None:
+        """One PBX's AMI (or a capture) -> the raw-events topic; a local spool while Kafka is down."""
+        settings = _settings(overrides, "ingest")
+        log.info("ingest_started", **redacted(settings))
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            await ingest_main(settings, capture, idle_exit, stop)
+
+        _run(main)
+
+    @app.command()
+    @_settings_flags(ENRICH_FIELDS)
+    def enrich(overrides: dict[str, Any], idle_exit: IdleExit = None) -> None:
+        """Raw-events topic -> call records and legs on the records topic (a consumer group)."""
+        settings = _settings(overrides, "enrich")
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            await enrich_main(settings, _profile(settings), idle_exit, stop)
+
+        _run(main)
+
+    @app.command()
+    @_settings_flags(STORE_FIELDS)
+    def store(overrides: dict[str, Any], idle_exit: IdleExit = None) -> None:
+        """Records topic -> ClickHouse in batches, committing after each insert (a consumer group)."""
+        settings = _settings(overrides, "store")
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            await store_main(settings, None, idle_exit, stop)
+
+        _run(main)

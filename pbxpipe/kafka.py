@@ -1,0 +1,265 @@
+"""The Kafka adapter (aiokafka): clients from Settings, topics, batched produce, dead letters.
+
+Thin on purpose: the stages (pbxpipe/stages.py) decide what to send and when to commit; this
+module only speaks Kafka. Produce goes through the batch API, one batch per partition per round,
+and a round is awaited as a whole: never one await per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
+
+from contracts import kafka as k
+from contracts import metrics
+from contracts.config import Settings
+from contracts.errors import BrokerError, ConfigError, TopicsMissing
+
+log = structlog.get_logger("pbxpipe.kafka")
+
+class _OncePerKind(logging.Filter):
+    """aiokafka logs every failed connection attempt, many per second during an outage: let
+    each kind of message (its template) through once per ``interval_s``; the stages report
+    outages themselves, once per failed round."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        kind = str(record.msg)[:80]
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            return False
+        self._last[kind] = now
+        return True
+
+
+_driver_log = logging.getLogger("aiokafka")
+if not any(isinstance(f, _OncePerKind) for f in _driver_log.filters):
+    _driver_log.addFilter(_OncePerKind())
+
+# (key, value, kind, timestamp in epoch seconds): one message to produce
+Message = tuple[bytes, bytes, bytes, float]
+
+__all__ = ["KafkaError", "Message", "ConsumerRecord", "TopicPartition"]
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection settings shared by producers, consumers and the admin client."""
+    if not settings.kafka_bootstrap:
+        raise ConfigError("Kafka is not configured: set PBXPIPE_KAFKA_BOOTSTRAP (host:port)")
+    kw: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+        "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000),
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                  sasl_plain_username=settings.kafka_sasl_username,
+                  sasl_plain_password=settings.kafka_sasl_password)
+    if settings.kafka_security_protocol.endswith("SSL"):
+        kw["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return kw
+
+
+async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Create the missing topics with the configured partitions, or say which to create."""
+    wanted = sorted(set(topics))
+    kw = client_kwargs(settings)
+    kw.pop("request_timeout_ms")
+    admin = AIOKafkaAdminClient(**kw, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000))
+    try:
+        await admin.start()
+    except KafkaError as e:
+        await admin.close()
+        raise BrokerError(f"Kafka at {settings.kafka_bootstrap} unreachable: {e}") from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return
+        if not settings.kafka_create_topics:
+            raise TopicsMissing(
+                f"Kafka topics missing: {', '.join(missing)}; create them (e.g. "
+                f"{settings.kafka_partitions} partitions each) or set PBXPIPE_KAFKA_CREATE_TOPICS=true"
+            )
+        try:
+            await admin.create_topics([
+                NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+                for t in missing
+            ])
+        except TopicAlreadyExistsError:
+            pass  # another stage created it first
+        except KafkaError as e:
+            raise TopicsMissing(
+                f"cannot create Kafka topics {', '.join(missing)} ({e}); create them with "
+                f"{settings.kafka_partitions} partitions"
+            ) from None
+        log.info("topics_created", topics=missing, partitions=settings.kafka_partitions)
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    compression = None if settings.kafka_compression in ("", "none") else settings.kafka_compression
+    return AIOKafkaProducer(
+        **client_kwargs(settings),
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        compression_type=compression,
+        linger_ms=settings.kafka_linger_ms,
+        max_batch_size=settings.kafka_max_batch_bytes,
+        max_request_size=max(settings.kafka_max_batch_bytes, 1 << 20) + (64 << 10),
+    )
+
+
+def make_consumer(settings: Settings, topic: str, group: str, listener: Any) -> AIOKafkaConsumer:
+    kw = client_kwargs(settings)
+    # a JoinGroup may take up to the rebalance timeout (max_poll_interval_ms): the short
+    # produce timeout would abort it
+    kw["request_timeout_ms"] = 40_000
+    consumer = AIOKafkaConsumer(
+        **kw,
+        max_poll_interval_ms=30_000,
+        rebalance_timeout_ms=20_000,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+    consumer.subscribe([topic], listener=listener)
+    return consumer
+
+
+class Producer:
+    """Sends rounds of messages: messages grouped per partition into batches, all awaited once.
+
+    The partition is the Java client's (murmur2 of the key), memoised per key: a call's events
+    share a key, so the hash runs once per call, not once per event.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, stage: str) -> None:
+        self._producer = producer
+        self._stage = stage
+        self._partitions: dict[str, int] = {}
+        self._memo: dict[bytes, int] = {}
+        self._produced = metrics.KAFKA_PRODUCED.labels(stage)
+        self._failures = metrics.KAFKA_PRODUCE_FAILURES.labels(stage)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            found = await self._producer.partitions_for(topic)
+            n = self._partitions[topic] = len(found)
+        return n
+
+    def _partition(self, key: bytes, n: int) -> int:
+        p = self._memo.get(key)
+        if p is None:
+            if len(self._memo) > 500_000:
+                self._memo.clear()
+            p = self._memo[key] = (murmur2(key) & 0x7FFFFFFF) % n
+        return p
+
+    async def send(self, topic: str, messages: Sequence[Message],
+                   extra_headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Send ``messages`` and wait until Kafka acknowledged all of them (raises KafkaError or
+        TimeoutError otherwise: the caller keeps them). Per partition, order is kept."""
+        if not messages:
+            return
+        try:
+            n = await self.partition_count(topic)
+            by_partition: dict[int, list[Message]] = {}
+            part = self._partition
+            for m in messages:
+                p = part(m[0], n)
+                lst = by_partition.get(p)
+                if lst is None:
+                    lst = by_partition[p] = []
+                lst.append(m)
+            futures: list[asyncio.Future[Any]] = []
+            for p, msgs in by_partition.items():
+                batch = self._producer.create_batch()
+                for key, value, kind, ts in msgs:
+                    headers = [(k.HEADER_KIND, kind), *extra_headers]
+                    while batch.append(key=key, value=value, timestamp=int(ts * 1000),
+                                       headers=headers) is None:
+                        batch.close()
+                        futures.append(await self._producer.send_batch(batch, topic, partition=p))
+                        batch = self._producer.create_batch()
+                futures.append(await self._producer.send_batch(batch, topic, partition=p))
+            for f in futures:  # a failure left behind (deadline passed) must not log as unretrieved
+                f.add_done_callback(_retrieve)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        except (KafkaError, TimeoutError):
+            self._failures.inc()
+            raise
+        self._produced.inc(len(messages))
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class DeadLetters:
+    """Poison messages to the dead-letter topic, the original key and value kept, the reason
+    and origin in headers."""
+
+    def __init__(self, producer: Producer, topic: str, stage: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._stage = stage
+        self._log = log.bind(stage=stage)
+
+    async def send(self, poison: Sequence[tuple[ConsumerRecord[bytes, bytes], str, str]]) -> None:
+        """Each item: the record, a reason (contracts.kafka.DLQ_*), a one-line detail."""
+        if not poison:
+            return
+        by_reason: dict[str, int] = {}
+        for record, reason, detail in poison:
+            headers = [
+                (k.HEADER_DLQ_REASON, reason.encode()),
+                (k.HEADER_DLQ_DETAIL, detail[:500].encode()),
+                (k.HEADER_DLQ_TOPIC, record.topic.encode()),
+                (k.HEADER_DLQ_PARTITION, str(record.partition).encode()),
+                (k.HEADER_DLQ_OFFSET, str(record.offset).encode()),
+                (k.HEADER_DLQ_STAGE, self._stage.encode()),
+            ]
+            kind = dict(record.headers or ()).get(k.HEADER_KIND, b"")
+            await self._producer.send(self._topic, [(record.key or b"", record.value or b"",
+                                                     kind, record.timestamp / 1000 or time.time())],
+                                      headers)
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        for reason, n in by_reason.items():
+            metrics.KAFKA_DEAD_LETTERS.labels(self._stage, reason).inc(n)
+        self._log.warning("messages_dead_lettered", count=len(poison), reasons=by_reason,
+                          topic=self._topic)

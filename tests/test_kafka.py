@@ -1,0 +1,409 @@
+"""The stages through a real Kafka-protocol broker: no call lost or doubled through crashes,
+rebalances, a broker outage and a ClickHouse outage; poison goes to the dead-letter topic.
+
+Every fault test compares the exact set of call ids in ClickHouse with the calls the simulator
+placed, and the exact set of leg ids with what the same events give in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import kafka as k
+from contracts.config import load_settings
+from contracts.errors import PoisonBatch, StoreUnavailable, TopicsMissing
+from contracts.metrics import REGISTRY
+from contracts.profile import DEFAULT_PROFILE
+from contracts.records import CallLeg, CallRecord, Quarantined, record_encoder
+from enrich.calls import CallBuilder
+from ingest.capture import read_capture
+from simulator.server import SimulatorConfig, render
+from tests.kafkabroker import Broker, TcpGate, free_port, wait_listening
+
+pytestmark = pytest.mark.integration
+
+PBXPIPE = [sys.executable, "-c", "from pbxpipe.cli import main; main()"]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    yield b
+    b.stop()
+
+
+def stage_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+        "PBXPIPE_LOG_FORMAT": "json", "PBXPIPE_KAFKA_BOOTSTRAP": bootstrap,
+        "PBXPIPE_KAFKA_IDEMPOTENCE": "false",  # Tansu's memory storage rejects idempotent producers
+        "PBXPIPE_KAFKA_PARTITIONS": "4", "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp / "spool"),
+        "PBXPIPE_CLICKHOUSE_DSN": f"chdb:///{tmp / 'ch'}", "PBXPIPE_BATCH_AGE_S": "0.3",
+        "PBXPIPE_KAFKA_POLL_RECORDS": "5000",
+    }
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str], tmp: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    with open(tmp / f"{name}-{time.monotonic_ns()}.log", "wb") as log:
+        return subprocess.Popen([*PBXPIPE, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def logs(tmp: Path, name: str) -> str:
+    return "".join(p.read_text() for p in sorted(tmp.glob(f"{name}-*.log")))
+
+
+def stored(dsn: str) -> tuple[dict[str, int], set[str]]:
+    """call_id -> rows (FINAL), and leg ids, read in a separate process (one chDB per process)."""
+    code = (
+        "import json,sys; from store.clickhouse import ClickHouseStore as S; s=S.connect(sys.argv[1]);"
+        "c=s.query('SELECT call_id, count() AS n FROM calls FINAL GROUP BY call_id');"
+        "l=s.query('SELECT leg_id FROM call_legs FINAL');"
+        "print(json.dumps([{r['call_id']: r['n'] for r in c}, [r['leg_id'] for r in l]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, dsn], capture_output=True, text=True,
+                         check=True, timeout=120)
+    calls, legs = json.loads(out.stdout.strip().splitlines()[-1])
+    return calls, set(legs)
+
+
+def expected_legs(capture: Path) -> set[str]:
+    builder = CallBuilder(DEFAULT_PROFILE)
+    outputs = []
+    for item in read_capture(capture, "pbx1"):
+        if not isinstance(item, Quarantined):
+            outputs += builder.feed(item)
+    outputs += builder.flush()
+    return {o.leg_id for o in outputs if isinstance(o, CallLeg)}
+
+
+def make_capture(tmp: Path, calls: int, seed: int) -> tuple[Path, set[str]]:
+    rendered = render(SimulatorConfig(total_calls=calls, seed=seed, calls_per_second=50.0,
+                                      max_concurrency=2000))
+    path = tmp / "capture.log"
+    path.write_bytes(rendered.capture)
+    return path, {f"pbx1:{c['linkedid']}" for c in rendered.calls}
+
+
+def assert_exact(dsn: str, call_ids: set[str], legs: set[str]) -> None:
+    got, got_legs = stored(dsn)
+    missing, extra = call_ids - set(got), set(got) - call_ids
+    assert not missing and not extra, (len(missing), len(extra), sorted(missing)[:5])
+    assert all(n == 1 for n in got.values())
+    assert got_legs == legs, (len(legs - got_legs), len(got_legs - legs))
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    assert proc.wait(timeout=timeout) == 0
+
+
+def ingest_capture(env: dict[str, str], tmp: Path, capture: Path) -> None:
+    p = start(env, tmp, "ingest", "ingest", "--capture", str(capture))
+    finish(p)
+
+
+def test_enrich_and_store_killed_at_random_moments_lose_and_double_nothing(broker, tmp_path):
+    """kill -9 of enrich and of store while thousands of calls flow, then restarts: ClickHouse
+    holds exactly the placed calls and their legs, each once."""
+    capture, call_ids = make_capture(tmp_path, 2500, seed=5)
+    env = stage_env(broker.bootstrap, tmp_path)
+    ingest_capture(env, tmp_path, capture)
+    rng = random.Random(20261124)
+    enrich = start(env, tmp_path, "enrich", "enrich", "--idle-exit", "2")
+    store = start(env, tmp_path, "store", "store")
+    for _ in range(2):
+        time.sleep(rng.uniform(5.0, 8.0))  # past the group join, into the stream
+        enrich.send_signal(signal.SIGKILL)
+        enrich.wait()
+        enrich = start(env, tmp_path, "enrich", "enrich", "--idle-exit", "2")
+        time.sleep(rng.uniform(0.5, 2.0))
+        store.send_signal(signal.SIGKILL)
+        store.wait()
+        store = start(env, tmp_path, "store", "store")
+    finish(enrich)
+    store.send_signal(signal.SIGTERM)  # graceful: flushes and commits what it holds
+    finish(store)
+    store = start(env, tmp_path, "store", "store", "--idle-exit", "2")
+    finish(store)
+    text = logs(tmp_path, "enrich")
+    assert text.count("records_emitted") >= 3  # each enrich run emitted records
+    assert_exact(f"chdb:///{tmp_path / 'ch'}", call_ids, expected_legs(capture))
+
+
+def events(tmp: Path, name: str, event: str) -> list[dict[str, Any]]:
+    """The stage's JSON log lines of ``event`` with a non-empty ``partitions``."""
+    out = []
+    for line in logs(tmp, name).splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            entry = json.loads(line)
+            if entry.get("event") == event and entry.get("partitions"):
+                out.append(entry)
+    return out
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_partitions_move_between_two_enrich_processes_without_loss(broker, tmp_path):
+    """A second enrich joins the group mid-stream (rebalance: the first gives partitions up),
+    then the first dies: every call is stored once."""
+    capture, call_ids = make_capture(tmp_path, 3000, seed=8)
+    env = stage_env(broker.bootstrap, tmp_path)
+    ingest_capture(env, tmp_path, capture)
+    first = start(env, tmp_path, "enrich-a", "enrich")
+    wait_for(lambda: events(tmp_path, "enrich-a", "partitions_assigned"))
+    time.sleep(0.5)
+    second = start(env, tmp_path, "enrich-b", "enrich", "--idle-exit", "3")
+    wait_for(lambda: events(tmp_path, "enrich-b", "partitions_assigned"))
+    time.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finish(second)
+    store = start(env, tmp_path, "store", "store", "--idle-exit", "2")
+    finish(store)
+    revoked = events(tmp_path, "enrich-a", "partitions_revoked")
+    assert revoked and len(revoked[0]["partitions"]) == 4  # the rebalance took partitions away
+    assert_exact(f"chdb:///{tmp_path / 'ch'}", call_ids, expected_legs(capture))
+
+
+def test_broker_outage_while_ingest_runs_is_carried_by_the_spool(tmp_path):
+    """`pbxpipe run` through Kafka against a live PBX; the broker becomes unreachable for a few
+    seconds and comes back: frames wait in the spool, in order, and every placed call is stored."""
+    gate_port = free_port()
+    b = Broker(tmp_path, advertised_port=gate_port)
+    gate = TcpGate(b.port)
+    gate.port = gate_port
+    gate.close()
+    gate.open()
+    sim_port, manifest = free_port(), tmp_path / "placed.jsonl"
+    env = stage_env(f"127.0.0.1:{gate_port}", tmp_path, PBXPIPE_KAFKA_REQUEST_TIMEOUT_S="1.5")
+    sim = subprocess.Popen(
+        [*PBXPIPE, "simulate", "--port", str(sim_port), "--calls", "900", "--rate", "60",
+         "--speed", "100", "--seed", "21", "--talk", "uniform:5:120", "--manifest",
+         str(manifest), "--secret", "s3cret"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(sim_port)
+        run = start(env, tmp_path, "run", "run", "--ami-port", str(sim_port), "--ami-secret",
+                    "s3cret", "--idle-exit", "3")
+        wait_for(lambda: "records_emitted" in logs(tmp_path, "run"))  # calls flowing
+        gate.close()
+        time.sleep(4.0)
+        gate.open()
+        finish(run, timeout=150)
+        sim.wait(timeout=30)
+    finally:
+        sim.kill()
+        sim.wait()
+        gate.shutdown()
+        b.stop()
+    text = logs(tmp_path, "run")
+    assert "kafka_unreachable_spooling" in text and "spool_drained" in text
+    placed = {f"pbx1:{json.loads(line)['linkedid']}" for line in manifest.read_text().splitlines()}
+    assert len(placed) == 900
+    got, _ = stored(f"chdb:///{tmp_path / 'ch'}")
+    assert set(got) == placed
+    assert all(n == 1 for n in got.values())
+
+
+# ------------------------------------------------------------------ in-process: store, poison
+
+
+class FlakyStore:
+    """The real store, unavailable (as ClickHouseStore reports it) until ``up_at``."""
+
+    def __init__(self, real: Any, up_at: float) -> None:
+        self.real = real
+        self.up_at = up_at
+        self.failures = 0
+
+    def _check(self) -> None:
+        if time.monotonic() < self.up_at:
+            self.failures += 1
+            raise StoreUnavailable("ClickHouse unavailable: connection refused (test)")
+
+    def write_calls(self, rows: list[CallRecord], token: str) -> int:
+        self._check()
+        return self.real.write_calls(rows, token)  # type: ignore[no-any-return]
+
+    def write_legs(self, rows: list[CallLeg], token: str) -> int:
+        self._check()
+        return self.real.write_legs(rows, token)  # type: ignore[no-any-return]
+
+    def write_quarantine(self, rows: list[Quarantined], token: str) -> int:
+        self._check()
+        return self.real.write_quarantine(rows, token)  # type: ignore[no-any-return]
+
+
+def records_for(calls: int) -> list[CallRecord]:
+    """Calls of the last hour (older ones would fall to the retention TTL)."""
+    t0 = int(time.time()) - 3600
+    out = []
+    for n in range(calls):
+        out.append(CallRecord(
+            call_id=f"pbx1:{t0 + n}.1", pbx_id="pbx1", linkedid=f"{t0 + n}.1",
+            direction="inbound", caller="+48601234567", caller_name="", called="100",
+            answered=False, first_answered_by=None, last_answered_by=None, status="missed",
+            start=t0 + n, answer=None, end=t0 + 10.0 + n, duration_s=10.0,
+            wait_s=None, talk_s=0.0, hangup_cause=16, hangup_cause_text="", hangup_by="caller",
+            extensions_rang=(), queue="", transferred=False, forwarded=False, recordings=(),
+            disposition="NO ANSWER", incomplete=False, version=5))
+    return out
+
+
+async def produce(settings: Any, topic: str, messages: list[tuple[bytes, bytes, bytes, float]]) -> None:
+    from pbxpipe.kafka import Producer, ensure_topics, make_producer
+
+    await ensure_topics(settings, [topic, settings.kafka_dead_letter_topic])
+    p = Producer(make_producer(settings), "test")
+    await p.start()
+    try:
+        await p.send(topic, messages)
+    finally:
+        await p.stop()
+
+
+def test_store_pauses_while_clickhouse_is_down_and_drops_nothing(broker, tmp_path):
+    """ClickHouse refuses inserts for a while: the store backs off with fetching paused, then
+    inserts every record once and commits."""
+    from pbxpipe.cmd_kafka import open_kafka_store
+    from pbxpipe.stages import StoreStage
+
+    settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
+                              "kafka_partitions": 3, "batch_rows": 500, "batch_age_s": 0.2,
+                              "clickhouse_dsn": f"chdb:///{tmp_path / 'ch'}",
+                              "kafka_backoff_max_s": 0.5})
+    records = records_for(2000)
+    msgs = [(k.call_key(r.pbx_id, r.linkedid), record_encoder.encode(r), k.KIND_CALL, r.end)
+            for r in records]
+    real = open_kafka_store(settings)
+    try:
+        flaky = FlakyStore(real, up_at=time.monotonic() + 1e9)
+        paused_seen: list[float] = []
+
+        async def scenario() -> None:
+            await produce(settings, settings.kafka_records_topic, msgs)
+            stage = StoreStage(settings, flaky)
+            await stage.start()
+            stop = asyncio.Event()
+            task = asyncio.create_task(stage.run(stop))
+            deadline = time.monotonic() + 30
+            while flaky.failures < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            paused_seen.append(REGISTRY.get_sample_value("pbxpipe_store_fetch_paused") or 0)
+            assert stage.consumer.paused()
+            flaky.up_at = time.monotonic()  # ClickHouse is back
+            while stage.rows < len(msgs):
+                assert time.monotonic() < deadline + 30
+                await asyncio.sleep(0.05)
+            stop.set()
+            await task
+            await stage.close()
+
+        asyncio.run(scenario())
+        assert paused_seen == [1.0]
+        got = real.query("SELECT call_id, count() AS n FROM calls FINAL GROUP BY call_id")
+        assert {r["call_id"] for r in got} == {r.call_id for r in records}
+        assert REGISTRY.get_sample_value("pbxpipe_store_fetch_paused") == 0
+    finally:
+        real.close()
+
+
+def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_consumer(broker, tmp_path):
+    """Undecodable records are dead-lettered with reason and origin; the good ones are stored.
+    A fetch that is mostly poison stops the consumer instead."""
+    from aiokafka import AIOKafkaConsumer
+
+    from pbxpipe.cmd_kafka import open_kafka_store
+    from pbxpipe.stages import StoreStage
+
+    settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
+                              "kafka_partitions": 1, "batch_age_s": 0.1,
+                              "clickhouse_dsn": f"chdb:///{tmp_path / 'ch'}"})
+    good = records_for(30)
+    msgs = [(k.call_key("pbx1", r.linkedid), record_encoder.encode(r), k.KIND_CALL, r.end)
+            for r in good]
+    msgs.insert(5, (b"pbx1:x", b"\xc1 not msgpack", k.KIND_CALL, 1.0))
+    msgs.insert(9, (b"pbx1:y", record_encoder.encode({"call_id": 1}), k.KIND_LEG, 1.0))
+    real = open_kafka_store(settings)
+    try:
+        async def scenario() -> list[Any]:
+            await produce(settings, settings.kafka_records_topic, msgs)
+            stage = StoreStage(settings, real)
+            await stage.start()
+            await stage.run(asyncio.Event(), idle_exit=1.0)
+            await stage.close()
+            dlq = AIOKafkaConsumer(settings.kafka_dead_letter_topic, bootstrap_servers=broker.bootstrap,
+                                   auto_offset_reset="earliest", group_id="dlq-reader")
+            await dlq.start()
+            try:
+                got = await dlq.getmany(timeout_ms=5000)
+                return [r for rs in got.values() for r in rs]
+            finally:
+                await dlq.stop()
+
+        dead = asyncio.run(scenario())
+        assert len(dead) == 2
+        headers = [dict(r.headers) for r in dead]
+        assert {h[k.HEADER_DLQ_REASON] for h in headers} == {k.DLQ_UNDECODABLE.encode()}
+        assert {h[k.HEADER_DLQ_OFFSET] for h in headers} == {b"5", b"9"}
+        assert {h[k.HEADER_DLQ_TOPIC] for h in headers} == {settings.kafka_records_topic.encode()}
+        assert {r.value for r in dead} == {msgs[5][1], msgs[9][1]}
+        assert REGISTRY.get_sample_value("pbxpipe_kafka_dead_letters_total",
+                                         {"stage": "store", "reason": "undecodable"}) >= 2
+        got = real.query("SELECT count() AS n FROM calls FINAL")
+        assert got[0]["n"] == 30
+
+        poisoned = load_settings({**msgspec_dict(settings), "kafka_records_topic": "poisoned",
+                                  "kafka_store_group": "g2"})
+
+        async def mostly_poison() -> None:
+            await produce(poisoned, "poisoned", [(b"k", b"\xc1", k.KIND_CALL, 1.0)] * 20)
+            stage = StoreStage(poisoned, real)
+            await stage.start()
+            try:
+                await stage.run(asyncio.Event(), idle_exit=5.0)
+            finally:
+                await stage.close()
+
+        with pytest.raises(PoisonBatch, match="20 of 20"):
+            asyncio.run(mostly_poison())
+    finally:
+        real.close()
+
+
+def msgspec_dict(settings: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.structs.asdict(settings)
+
+
+def test_missing_topics_are_created_or_named(broker):
+    """With topic creation off, a missing topic is an error that says what to create."""
+    from pbxpipe.kafka import ensure_topics
+
+    settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_create_topics": False,
+                              "kafka_partitions": 2})
+    with pytest.raises(TopicsMissing, match="nope-1.*2 partitions"):
+        asyncio.run(ensure_topics(settings, ["nope-1"]))
+    created = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_partitions": 2})
+    asyncio.run(ensure_topics(created, ["made-1"]))
+    asyncio.run(ensure_topics(settings, ["made-1"]))  # exists now: fine
