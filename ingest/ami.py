@@ -31,6 +31,8 @@ from contracts.metrics import (
     AMI_RECONNECTS,
     INGEST_BYTES,
     INGEST_EVENTS,
+    INGEST_FILTERED,
+    INGEST_GAPS,
     INGEST_QUARANTINED,
     event_type_label,
 )
@@ -58,6 +60,7 @@ EVENT_FILTER = "^Event: (" + "|".join(NEEDED_EVENTS) + ")([^A-Za-z0-9]|$)"
 MIXMONITOR_FILTER = "[^A-Za-z]Variable: MIXMONITOR_FILENAME([^A-Za-z0-9_]|$)"
 """Include ``VarSet`` of ``MIXMONITOR_FILENAME`` only (the recording's file name)."""
 DEFAULT_FILTERS: tuple[str, ...] = (EVENT_FILTER, MIXMONITOR_FILTER)
+_USED_FRAMES = frozenset((*NEEDED_EVENTS, "VarSet", "Response"))
 
 LOGIN_TIMEOUT_MIN_S = 3.0
 """Asterisk sleeps 1 s before refusing a login: a shorter deadline would turn a wrong password
@@ -221,6 +224,8 @@ class AmiListener:
         self._bytes = INGEST_BYTES.labels(self.pbx_id)
         self._connected = AMI_CONNECTED.labels(self.pbx_id)
         self._reconnects = AMI_RECONNECTS.labels(self.pbx_id)
+        self._gaps = INGEST_GAPS.labels(self.pbx_id, "reconnect")
+        self._sessions = 0  # logged-in sessions: each after the first follows a gap
         self._events: dict[str, Any] = {}
 
     async def run(self) -> None:
@@ -312,6 +317,9 @@ class AmiListener:
         protocol.logged_in = True
         self.banner = protocol.banner
         self._connected.set(1)
+        self._sessions += 1
+        if self._sessions > 1:  # what the PBX sent while we were away is lost
+            self._gaps.inc()
         self._log.info("ami_connected", host=s.ami_host, port=s.ami_port, epoch=epoch,
                        banner=self.banner)
         await self._install_filters(protocol)
@@ -365,6 +373,8 @@ class AmiListener:
     def _count(self, kinds: dict[str, int]) -> None:
         """Metrics once per read, not once per frame."""
         for kind, n in kinds.items():
+            if kind not in _USED_FRAMES:  # the PBX ignored our Filter actions (no "system" right?)
+                INGEST_FILTERED.labels(self.pbx_id, "unused_type").inc(n)
             label = event_type_label(kind)
             counter = self._events.get(label)
             if counter is None:
