@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pbxpipe demo
 
-test: $(STAMP)
+# promtool (Debian package prometheus) checks the metrics endpoint and the alert rules.
+tools:
+	@command -v promtool >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 	$(BIN)/mypy
 
@@ -24,4 +28,4 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m ingest.bench
-	$(BIN)/python -m pbxpipe.bench --calls 5000
+	$(BIN)/python -m pbxpipe.bench --calls 5000 --kafka

@@ -10,7 +10,7 @@ import msgspec
 from contracts.errors import ConfigError
 
 ENV_PREFIX = "PBXPIPE_"
-SECRET_FIELDS = frozenset({"ami_secret", "clickhouse_dsn"})
+SECRET_FIELDS = frozenset({"ami_secret", "clickhouse_dsn", "s3_secret_key"})
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +33,62 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     call_timeout_s: float = 4 * 3600.0  # close a call whose Hangup never comes, flagged incomplete
     log_format: str = "auto"  # auto | json | console
     metrics_port: int = 0  # 0: no HTTP endpoint
+
+    # recordings and retention
+    object_store: str = "dir:///./data/recordings"  # dir:///<dir> (embedded) | http(s)://host:port/<bucket>
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_sse: bool = False  # ask for server-side encryption (SSE-S3) of every object
+    recordings_spool: str = ""  # the PBX's recording directory, mounted here; empty: no upload
+    recordings_pbx_dir: str = "/var/spool/asterisk/monitor"  # the same directory as the PBX names it
+    recordings_userfield_patterns: str = r"^rec:(?P<file>\S+)$"  # whitespace-separated regexes
+    recordings_stable_s: float = 5.0  # a file is complete once its size held still this long
+    recordings_missing_s: float = 60.0  # give up (counted, logged) on a file absent this long
+    recordings_concurrency: int = 4  # uploads at once
+    recordings_retries: int = 5  # attempts per upload, capped jittered backoff between them
+    recordings_part_size: int = 16 << 20  # multipart part size for large files (>= 5 MiB)
+    recordings_delete_source: bool = False  # delete the PBX's file after a verified upload
+    recordings_url_ttl_s: int = 900  # lifetime of `pbxpipe recordings url` links
+    retention_call_days: int = 365  # default for customers without their own policy
+    retention_recording_days: int = 365  # never longer than the call's (clamped)
+    # kafka: the stages as separate processes (pbxpipe ingest | enrich | store); see pbxpipe/kafka.py
+    kafka_bootstrap: str = ""  # host:port[,host:port]; empty: `pbxpipe run` keeps every stage in-process
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""  # empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: str = ""
+    kafka_raw_topic: str = "pbxpipe.ami-events"  # ingest -> enrich: Envelopes, key pbx_id + Linkedid
+    kafka_records_topic: str = "pbxpipe.call-records"  # enrich -> store: CallRecord / CallLeg / Quarantined
+    kafka_dead_letter_topic: str = "pbxpipe.dead-letter"  # poison messages, reason and origin in headers
+    kafka_partitions: int = 6  # for topics this pipeline creates
+    kafka_replication_factor: int = 1  # for topics this pipeline creates (3 on a real cluster)
+    kafka_create_topics: bool = True  # create missing topics; false: fail naming what to create
+    kafka_enrich_group: str = "pbxpipe-enrich"
+    kafka_store_group: str = "pbxpipe-store"
+    kafka_idempotence: bool = True  # idempotent producer (brokers without it: false)
+    kafka_compression: str = "lz4"  # lz4 | zstd | gzip | none
+    kafka_linger_ms: int = 5
+    kafka_max_batch_bytes: int = 1 << 20  # per partition and request
+    kafka_request_timeout_s: float = 5.0  # an unacknowledged send fails after this: ingest spools
+    kafka_poll_records: int = 20_000  # per consumer fetch
+    kafka_spool_dir: str = "./data/spool"  # ingest's local append-only spool while Kafka is down
+    kafka_spool_max_bytes: int = 1 << 30  # past this the spool drops new frames (counted)
+    kafka_poison_ratio: float = 0.5  # a consumer stops when more than this share of a batch is poison
+    kafka_backoff_max_s: float = 10.0  # cap of the store's retry backoff while ClickHouse is down
+
+    # tariffs: cost of outbound calls (enrich/tariffs.py); columns in pbxpipe/data/tariffs_pl/README.md
+    tariff_path: str = ""  # rates CSV, or a directory with rates.csv (+ customers.csv, holidays.csv); empty: the sample PLN list; "off": no rating
+    tariff_timezone: str = "Europe/Warsaw"  # local time of time bands, validity dates and holidays
+    tariff_alert_categories: str = "premium,international"  # unusual traffic: destinations watched
+    tariff_alert_scope: str = "extension"  # extension | customer: whose hourly traffic is summed
+    tariff_alert_cost_per_hour: str = "50"  # spend per scope and clock hour above this alerts (decimal; 0: off)
+    tariff_alert_calls_per_hour: int = 20  # watched calls per scope and clock hour above this alert (0: off)
+
+SECRET_FIELDS = SECRET_FIELDS | {"kafka_sasl_password"}  # kafka
 
 
 def env_name(field: str) -> str:

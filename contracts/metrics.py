@@ -83,3 +83,121 @@ STORE_INSERT_FAILURES = Counter(
     "pbxpipe_store_insert_failures_total", "Failed insert attempts (retried).", ["table"],
     registry=REGISTRY,
 )
+
+# kafka
+KAFKA_PRODUCED = Counter(
+    "pbxpipe_kafka_produced_messages_total", "Messages acknowledged by Kafka, by stage.",
+    ["stage"], registry=REGISTRY,
+)
+KAFKA_CONSUMED = Counter(
+    "pbxpipe_kafka_consumed_messages_total", "Messages fetched from Kafka, by stage.", ["stage"],
+    registry=REGISTRY,
+)
+KAFKA_DEAD_LETTERS = Counter(
+    "pbxpipe_kafka_dead_letters_total", "Poison messages sent to the dead-letter topic.",
+    ["stage", "reason"], registry=REGISTRY,
+)
+KAFKA_COMMITS = Counter(
+    "pbxpipe_kafka_commits_total", "Offset commits, by stage.", ["stage"], registry=REGISTRY,
+)
+KAFKA_PRODUCE_FAILURES = Counter(
+    "pbxpipe_kafka_produce_failures_total", "Produce rounds that failed (Kafka unreachable).",
+    ["stage"], registry=REGISTRY,
+)
+INGEST_SPOOL_BYTES = Gauge(
+    "pbxpipe_ingest_spool_bytes", "Bytes waiting in the local spool for Kafka.", ["pbx"],
+    registry=REGISTRY,
+)
+INGEST_SPOOL_DROPPED = Counter(
+    "pbxpipe_ingest_spool_dropped_total", "Frames dropped because the spool was full.", ["pbx"],
+    registry=REGISTRY,
+)
+ENRICH_DUPLICATES = Counter(
+    "pbxpipe_enrich_duplicate_events_total",
+    "Envelopes seen twice (a re-sent produce batch), skipped.", ["pbx"], registry=REGISTRY,
+)
+STORE_PAUSED = Gauge(
+    "pbxpipe_store_fetch_paused", "1 while fetching is paused because ClickHouse is down.",
+    registry=REGISTRY,
+)
+
+# retention
+RECORDINGS = Counter(
+    "pbxpipe_recordings_files_total",
+    "Recording files handled, by outcome: uploaded, skipped_unanswered, missing, failed.",
+    ["pbx", "outcome"], registry=REGISTRY,
+)
+RECORDINGS_BYTES = Counter(
+    "pbxpipe_recordings_uploaded_bytes_total", "Bytes of recordings uploaded.", ["pbx"],
+    registry=REGISTRY,
+)
+RECORDINGS_RETRIES = Counter(
+    "pbxpipe_recordings_upload_retries_total", "Upload attempts that failed and were retried.",
+    ["pbx"], registry=REGISTRY,
+)
+RECORDINGS_PENDING = Gauge(
+    "pbxpipe_recordings_pending_calls", "Calls with recordings waiting to be uploaded.", ["pbx"],
+    registry=REGISTRY,
+)
+RETENTION_JOB_SUCCESS = Gauge(
+    "pbxpipe_retention_job_last_success_timestamp_seconds",
+    "When each retention job (apply, export, export_due, erase, hold) last succeeded.", ["job"],
+    registry=REGISTRY,
+)
+RETENTION_EXPORTED_ROWS = Counter(
+    "pbxpipe_retention_exported_rows_total", "Call rows written to exports.", ["format"],
+    registry=REGISTRY,
+)
+RETENTION_ERASED = Counter(
+    "pbxpipe_retention_erased_total", "Items removed by erasure requests, by kind.", ["kind"],
+    registry=REGISTRY,
+)
+
+# ops: what operators alert on that the stages above do not already count (issue 6)
+INGEST_FILTERED = Counter(
+    "pbxpipe_ingest_filtered_events_total",
+    "Events received that the pipeline does not use, ignored (AMI filters not installed?).",
+    ["pbx", "reason"], registry=REGISTRY,
+)
+INGEST_GAPS = Counter(
+    "pbxpipe_ingest_gaps_total",
+    "Detected gaps in the event stream, by kind: reconnect (events between two AMI sessions are "
+    "lost), seq (a jump in a session's frame numbers).", ["pbx", "kind"], registry=REGISTRY,
+)
+INGEST_SPOOL_CAPACITY = Gauge(
+    "pbxpipe_ingest_spool_capacity_bytes", "Size at which the spool starts dropping frames.",
+    ["pbx"], registry=REGISTRY,
+)
+KAFKA_CONSUMER_LAG = Gauge(
+    "pbxpipe_kafka_consumer_lag_messages",
+    "Messages between the partition's high watermark and the consumer's position.",
+    ["stage", "partition"], registry=REGISTRY,
+)
+RETENTION_JOB_RUNS = Counter(
+    "pbxpipe_retention_job_runs_total", "Retention and export job runs, by job and result.",
+    ["job", "result"], registry=REGISTRY,
+)
+OPS_READY = Gauge(
+    "pbxpipe_ops_ready", "1 while the process's readiness check passes (as /readyz answers).",
+    ["component"], registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "pbxpipe_build_info", "Always 1; the version and component of this process as labels.",
+    ["version", "component"], registry=REGISTRY,
+)
+
+# tariffs
+TARIFF_RATED_CALLS = Counter(
+    "pbxpipe_tariffs_rated_calls_total",
+    "Outbound calls by rating outcome: rated, unanswered, no_match, no_band, bad_number.",
+    ["pbx", "outcome"], registry=REGISTRY,
+)
+TARIFF_ALERTS = Counter(
+    "pbxpipe_tariffs_alerts_total",
+    "Unusual-traffic alerts raised (spend or calls per hour to watched destinations), by kind.",
+    ["pbx", "scope", "kind"], registry=REGISTRY,
+)
+TARIFF_RERATED_CALLS = Counter(
+    "pbxpipe_tariffs_rerated_calls_total", "Calls whose cost changed when re-rated.",
+    registry=REGISTRY,
+)

@@ -17,7 +17,7 @@ import typer
 
 from contracts.config import Settings, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
-from contracts.logs import configure_logging
+from contracts.logs import configure_logging, register_secrets, secret_values
 from contracts.profile import DEFAULT_PROFILE, PbxProfile, load_profile
 from store.queries import CALL_TYPES, STATUSES
 
@@ -34,6 +34,7 @@ LogFormat = Annotated[Optional[str], typer.Option(help="auto | json | console [P
 def _settings(**flags: Any) -> Settings:
     settings = load_settings({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()})
     configure_logging(settings.log_format)
+    register_secrets(secret_values(settings))  # masked in every log line from now on
     return settings
 
 
@@ -74,13 +75,17 @@ def run(
         import structlog
 
         structlog.get_logger("pbxpipe").info("pipeline_started", **redacted(settings))
-        if settings.metrics_port:
-            from prometheus_client import start_http_server
+        from pbxpipe.ops import all_of, ami_ready, start_ops, store_ready
 
-            from contracts.metrics import REGISTRY
-
-            start_http_server(settings.metrics_port, registry=REGISTRY)
+        ops = start_ops(settings, "run")  # /metrics, /healthz, /readyz (pbxpipe/ops.py)
         store = open_store(settings)
+        if ops:
+            ops.readiness = all_of(ami_ready(settings.pbx_id), store_ready())
+        if settings.kafka_bootstrap:  # the three stages through Kafka (pbxpipe/cmd_kafka.py)
+            from pbxpipe.cmd_kafka import run_via_kafka
+
+            asyncio.run(run_via_kafka(settings, profile, store, idle_exit))
+            return
         pipeline = LivePipeline(settings, profile, store)
         asyncio.run(pipeline.run(idle_exit=idle_exit))
     except AmiAuthError as e:
@@ -142,6 +147,7 @@ def simulate(
     mix: Annotated[Optional[str], typer.Option(help="Scenario mix, kind=weight,… (default: a realistic office mix).")] = None,
     talk: Annotated[str, typer.Option(help="Talk time: exp:<mean s> | uniform:<lo>:<hi> | fixed:<s>.")] = "exp:90",
     speed: Annotated[float, typer.Option(help="Virtual seconds per real second (timestamps and delays).")] = 1.0,
+    load_curve: Annotated[str, typer.Option(help="Arrivals over the local day: flat | office | 24 comma-separated weights.")] = "flat",
     manifest: Annotated[Optional[Path], typer.Option(help="Write each placed call's expected record here (JSON Lines).")] = None,
 ) -> None:
     """A PBX speaking AMI as Asterisk 22 does, playing a seeded mix of calls."""
@@ -151,7 +157,8 @@ def simulate(
     run_simulator(SimulatorConfig(
         host=host, port=port, username=user, secret=secret, calls_per_second=rate,
         max_concurrency=concurrency, total_calls=calls_total, seed=seed, mix=_parse_mix(mix),
-        talk_time=talk, speed=speed, manifest_path=str(manifest) if manifest else "",
+        talk_time=talk, speed=speed, load_curve=load_curve,
+        manifest_path=str(manifest) if manifest else "",
     ))
 
 
@@ -178,7 +185,7 @@ def _parse_time(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:
 
 
 TABLE_COLUMNS = ("start_local", "direction", "caller", "called", "status", "last_answered_by",
-                 "wait_s", "talk_s", "duration_s")
+                 "wait_s", "talk_s", "duration_s", "cost")
 
 
 @app.command()
@@ -253,7 +260,8 @@ def demo(
 
 # Feature commands live in their own modules (pbxpipe/cmd_*.py), each with
 # ``register(app)``; this list is the one place that adds them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pbxpipe.cmd_kafka", "pbxpipe.cmd_retention",
+                                    "pbxpipe.cmd_ops", "pbxpipe.cmd_tariffs")
 
 
 def _register_commands() -> None:

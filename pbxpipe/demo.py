@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -82,6 +83,11 @@ def _table(title: str, rows: list[dict], columns: list[str] | None = None) -> Ta
     return table
 
 
+def _money(rows: list[dict]) -> list[dict]:
+    """Decimals as "12.34" (tariffs)."""
+    return [{k: queries.money_str(v) if isinstance(v, Decimal) else v for k, v in r.items()} for r in rows]
+
+
 def report(store: ClickHouseStore, console: Console, tz: str = DEMO_TZ) -> None:
     """A short report read back from ClickHouse."""
     console.print(_table("Calls by type", queries.calls_by_type(store)))
@@ -96,6 +102,12 @@ def report(store: ClickHouseStore, console: Console, tz: str = DEMO_TZ) -> None:
         console.print(f"[bold]Busiest hour ({tz}):[/bold] {top['hour']:02d}:00-{top['hour']:02d}:59 "
                       f"with {top['calls']} calls")
     console.print(_table("Top destinations (outgoing)", queries.top_destinations(store, limit=5)))
+    spend = ["calls", "answered_calls", "billed_s", "cost", "cost_buy", "margin", "currency"]
+    console.print(_table("Spend by destination (sell price; buy = carrier)",  # tariffs
+                         _money(queries.spend_by_destination(store, limit=10)),
+                         ["destination", "category", *spend]))
+    console.print(_table("Spend by extension", _money(queries.spend_by_extension(store, limit=10)),
+                         ["extension", *spend]))
 
 
 def run_demo(settings: Settings, *, calls_total: int = 300, seed: int = 7) -> None:
@@ -114,5 +126,6 @@ def run_demo(settings: Settings, *, calls_total: int = 300, seed: int = 7) -> No
     console.print("\n[bold]Try next:[/bold]")
     for cmd in (f".venv/bin/pbxpipe calls --clickhouse {dsn} --type missed --tz {DEMO_TZ}",
                 f".venv/bin/pbxpipe calls --clickhouse {dsn} --extension 101 --format json",
-                f".venv/bin/pbxpipe calls --clickhouse {dsn} --since 2026-01-01 --format csv"):
+                f".venv/bin/pbxpipe calls --clickhouse {dsn} --since 2026-01-01 --format csv",
+                ".venv/bin/pbxpipe tariffs show 0700123456 --at 2026-11-24T10:00"):
         console.print(f"  {cmd}", soft_wrap=True)

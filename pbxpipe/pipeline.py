@@ -24,9 +24,11 @@ from contracts.profile import PbxProfile
 from contracts.records import CallLeg, CallRecord, Quarantined
 from enrich.calls import CallBuilder, Output
 from ingest.capture import read_capture
+from pbxpipe.rating import RatingStage, rating_stage
+from retention.uploader import recordings_stage
 from store.batching import Batcher
 from store.clickhouse import ClickHouseStore
-from store.schema import batch_token
+from store.schema import TARIFF_ALERTS, batch_token
 
 log = structlog.get_logger("pbxpipe.pipeline")
 
@@ -38,12 +40,13 @@ class Sink:
 
     def __init__(self, store: ClickHouseStore, settings: Settings,
                  clock: Callable[[], float] = time.monotonic,
-                 on_record: RecordHook | None = None) -> None:
+                 on_record: RecordHook | None = None, rating: RatingStage | None = None) -> None:
         self.store = store
         self.on_record = on_record
+        self.rating = rating  # tariffs: unusual-traffic alerts over the rated records
         self._batchers: dict[str, Batcher] = {
             t: Batcher(settings.batch_rows, settings.batch_age_s, clock=clock)
-            for t in ("calls", "call_legs", "quarantine")
+            for t in ("calls", "call_legs", "quarantine", "tariff_alerts")
         }
         self._ready: deque[tuple[str, list]] = deque()
         self._warn = LogOnce(log)
@@ -56,6 +59,10 @@ class Sink:
                 metrics.ENRICH_INCOMPLETE.labels(item.pbx_id).inc()
             if self.on_record:
                 self.on_record(item)
+            for alert in self.rating.observe(item) if self.rating else ():
+                alerts = self._batchers["tariff_alerts"].add(alert)
+                if alerts:
+                    self._ready.append(("tariff_alerts", alerts))
         elif isinstance(item, CallLeg):
             table = "call_legs"
         else:
@@ -82,6 +89,8 @@ class Sink:
             self.store.write_calls(batch, token)
         elif table == "call_legs":
             self.store.write_legs(batch, token)
+        elif table == "tariff_alerts":
+            self.store.write_structs(TARIFF_ALERTS, batch, token)
         else:
             self.store.write_quarantine(batch, token)
         log.info("batch_flushed", table=table, rows=len(batch))
@@ -97,17 +106,22 @@ def open_store(settings: Settings) -> ClickHouseStore:
     return store
 
 
-def new_builder(settings: Settings, profile: PbxProfile) -> CallBuilder:
+def new_builder(settings: Settings, profile: PbxProfile,
+                rating: RatingStage | None = None) -> CallBuilder:
     return CallBuilder(profile, pbx_id=settings.pbx_id, grace_s=settings.call_grace_s,
-                       timeout_s=settings.call_timeout_s)
+                       timeout_s=settings.call_timeout_s,
+                       recording_patterns=settings.recordings_userfield_patterns.split(),
+                       rate=rating.rate if rating else None)
 
 
 def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
            store: ClickHouseStore | None = None) -> dict[str, int]:
     """Feed raw AMI captures through the same core and sink; returns counts."""
     store = store or open_store(settings)
-    sink = Sink(store, settings)
-    builder = new_builder(settings, profile)
+    recordings = recordings_stage(settings, store)  # recordings: after a call, its files
+    rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
+    sink = Sink(store, settings, on_record=recordings.submit if recordings else None, rating=rating)
+    builder = new_builder(settings, profile, rating)
     counts = {"frames": 0, "calls": 0, "legs": 0, "quarantined": 0}
 
     def take(outputs: list[Output]) -> None:
@@ -127,6 +141,8 @@ def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
             sink.write_all(sink.ready())
     take(builder.flush())
     sink.write_all(sink.ready(flush=True))
+    if recordings:
+        recordings.close()
     for reason, n in builder.rejected.items():
         metrics.ENRICH_REJECTED.labels(settings.pbx_id, reason).inc(n)
     return counts
@@ -142,8 +158,12 @@ class LivePipeline:
 
         self.settings = settings
         self.clock = clock
-        self.builder = new_builder(settings, profile)
-        self.sink = Sink(store, settings, on_record=on_record)
+        rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
+        self.builder = new_builder(settings, profile, rating)
+        self.recordings = None if on_record else recordings_stage(settings, store)
+        if self.recordings:
+            on_record = self.recordings.submit
+        self.sink = Sink(store, settings, on_record=on_record, rating=rating)
         self.queue: asyncio.Queue[Envelope | Quarantined] = asyncio.Queue(settings.queue_size)
         self._overflow: deque[Envelope | Quarantined] = deque()
         self._warn = LogOnce(log)
@@ -219,5 +239,7 @@ class LivePipeline:
             for o in self.builder.flush():
                 self.sink.add(o)
             await asyncio.to_thread(self.sink.write_all, self.sink.ready(flush=True))
+            if self.recordings:
+                await asyncio.to_thread(self.recordings.close)
             for reason, n in self.builder.rejected.items():
                 metrics.ENRICH_REJECTED.labels(self.settings.pbx_id, reason).inc(n)
