@@ -140,6 +140,25 @@ def _rate(settings: Settings, profile: PbxProfile) -> Callable[[Any], Any] | Non
     return stage.rate if stage is not None else None
 
 
+def _spend_watch(settings: Settings, store: Any) -> Callable[[str, list[Any]], None] | None:
+    """Unusual-traffic alerts over the call rows once they are stored (None with tariffs off)."""
+    from pbxpipe.rating import rating_stage
+    from store.schema import TARIFF_ALERTS, batch_token
+
+    stage = rating_stage(settings, _profile(settings), store)
+    if stage is None:
+        return None
+
+    def observe(table: str, rows: list[Any]) -> None:
+        if table != "calls":
+            return
+        alerts = [a for r in rows for a in stage.observe(r)]
+        if alerts:
+            store.write_structs(TARIFF_ALERTS, alerts, batch_token("tariff_alerts", alerts))
+
+    return observe
+
+
 def open_kafka_store(settings: Settings) -> Any:
     """ClickHouse for the store stage: few quick retries, the stage backs off on its own."""
     from store.clickhouse import ClickHouseStore, RetryPolicy
@@ -154,7 +173,8 @@ async def store_main(settings: Settings, store: Any = None, idle_exit: float | N
                      stop: asyncio.Event | None = None) -> None:
     from pbxpipe.stages import StoreStage
 
-    stage = StoreStage(settings, store if store is not None else open_kafka_store(settings))
+    store = store if store is not None else open_kafka_store(settings)
+    stage = StoreStage(settings, store, on_written=_spend_watch(settings, store))
     stop = stop or asyncio.Event()
     await stage.start()
     try:

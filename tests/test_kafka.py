@@ -141,6 +141,14 @@ def test_enrich_and_store_killed_at_random_moments_lose_and_double_nothing(broke
     text = logs(tmp_path, "enrich")
     assert text.count("records_emitted") >= 3  # each enrich run emitted records
     assert_exact(f"chdb:///{tmp_path / 'ch'}", call_ids, expected_legs(capture))
+    # enrich rates through Kafka as in one process: answered outbound calls carry their cost
+    code = ("import json,sys; from store.clickhouse import ClickHouseStore as S; s=S.connect(sys.argv[1]);"
+            "print(json.dumps(s.query(\"SELECT rating, count() AS n, toString(sum(cost)) AS cost"
+            " FROM calls FINAL WHERE direction = 'outbound' AND answered GROUP BY rating\")))")
+    out = subprocess.run([sys.executable, "-c", code, f"chdb:///{tmp_path / 'ch'}"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    by_rating = {r["rating"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+    assert by_rating["rated"]["n"] > 0 and float(by_rating["rated"]["cost"]) > 0
 
 
 def events(tmp: Path, name: str, event: str) -> list[dict[str, Any]]:
