@@ -14,6 +14,7 @@ import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError
+from pbxpipe.cli import _fail  # one error format for every command
 
 Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 Objects = Annotated[Optional[str], typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
@@ -37,11 +38,6 @@ def _settings(**flags: Any) -> Settings:
     from pbxpipe.cli import _settings as settings
 
     return settings(log_format="console", **flags)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"pbxpipe: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _open(settings: Settings) -> tuple[Any, Any]:

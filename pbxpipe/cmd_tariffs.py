@@ -15,6 +15,7 @@ import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError, TariffError
+from pbxpipe.cli import _fail  # one error format for every command
 
 Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 TariffPath = Annotated[Optional[str], typer.Option("--tariff", help="Rates CSV or a directory with rates.csv, customers.csv, holidays.csv; empty: the sample PLN list [PBXPIPE_TARIFF_PATH].")]
@@ -30,11 +31,6 @@ def _settings(**flags: Any) -> Settings:
     from pbxpipe.cli import _settings as settings
 
     return settings(log_format="console", **flags)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"pbxpipe: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _time(value: str | None, zone: ZoneInfo, flag: str) -> datetime | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from pbxpipe.ops import all_of, metric_is, start_ops_server
 from prometheus_client import CollectorRegistry, Gauge
+from tests.net import free_port
 
 PBXPIPE = [sys.executable, "-c", "from pbxpipe.cli import main; main()"]
 ENV = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PBXPIPE_LOG_FORMAT": "json"}
@@ -32,11 +32,6 @@ def get(port: int, path: str) -> tuple[int, str, str]:
     except urllib.error.HTTPError as e:
         return e.code, e.headers["Content-Type"], e.read().decode()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:

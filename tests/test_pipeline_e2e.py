@@ -6,12 +6,11 @@ Every process is the real command, as an operator runs it.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from tests.net import free_port, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -21,21 +20,6 @@ FIELDS = ("direction", "caller", "called", "answered", "first_answered_by", "las
           "status")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
 
 
 def pbxpipe(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

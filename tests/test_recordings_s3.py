@@ -24,21 +24,17 @@ from retention.recordings import StoredRecording
 from retention.uploader import RecordingUploader
 from store.minio import MinioObjectStore
 from store.objects import LifecycleRule
+from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
 RECORDINGS = CAPTURE / "recordings"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "s3server.py"), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
