@@ -172,7 +172,7 @@ class LivePipeline:
 
     def _on_input(self, item: Envelope | Quarantined) -> None:
         # Reading AMI must never block: Asterisk drops a manager client that stalls.
-        # A full queue spills to memory (counted) until the next stage catches up.
+        # A full queue spills to memory (logged once) until the next stage catches up.
         if self._overflow:
             self._overflow.append(item)
             return
