@@ -173,7 +173,17 @@ class Format(str, Enum):
     csv = "csv"
 
 
+def _zone(tz: str) -> ZoneInfo:
+    """The --tz flag's time zone, or a one-line error."""
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail(f"--tz: unknown time zone {tz!r}")
+        raise AssertionError from None
+
+
 def _parse_time(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:
+    """An ISO date or time flag, read in ``tz`` unless it has an offset; else a one-line error."""
     if value is None:
         return None
     try:
@@ -206,11 +216,7 @@ def calls(
     from store.queries import call_history
 
     settings = _settings(clickhouse_dsn=clickhouse, log_format="console")
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        _fail(f"--tz: unknown time zone {tz!r}")
-        raise AssertionError from None
+    zone = _zone(tz)
     try:
         store = open_store(settings)
         rows = call_history(store, since=_parse_time(since, zone, "--since"),

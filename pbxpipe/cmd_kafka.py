@@ -22,7 +22,7 @@ import typer
 from contracts.config import Settings, env_name, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
 from contracts.logs import configure_logging
-from contracts.profile import DEFAULT_PROFILE, PbxProfile, load_profile
+from contracts.profile import PbxProfile
 
 log = structlog.get_logger("pbxpipe.kafka")
 
@@ -80,7 +80,9 @@ def _settings(overrides: dict[str, Any], component: str) -> Settings:
 
 
 def _profile(settings: Settings) -> PbxProfile:
-    return load_profile(settings.pbx_profile) if settings.pbx_profile else DEFAULT_PROFILE
+    from pbxpipe.cli import _profile as profile_of
+
+    return profile_of(settings)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

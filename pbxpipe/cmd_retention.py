@@ -5,16 +5,14 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Optional
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError
-from pbxpipe.cli import _fail  # one error format for every command
+from pbxpipe.cli import _fail, _parse_time, _zone  # one flag grammar for every command
 
 Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 Objects = Annotated[Optional[str], typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
@@ -224,18 +222,9 @@ def export(
     from retention.export import count_rows, export_calls
 
     settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        _fail(f"--tz: unknown time zone {tz!r}")
-        raise AssertionError from None
-    try:
-        start, end = (datetime.fromisoformat(since), datetime.fromisoformat(until))
-    except ValueError as e:
-        _fail(f"--since/--until: {e}")
-        raise AssertionError from None
-    start = start if start.tzinfo else start.replace(tzinfo=zone)
-    end = end if end.tzinfo else end.replace(tzinfo=zone)
+    zone = _zone(tz)
+    start, end = _parse_time(since, zone, "--since"), _parse_time(until, zone, "--until")
+    assert start is not None and end is not None
     try:
         store, objects, dest = _export_target(settings, to)
         total = count_rows(store, start, end, customer, tz)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Optional
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError, TariffError
-from pbxpipe.cli import _fail  # one error format for every command
+from pbxpipe.cli import _fail, _parse_time, _profile, _zone  # one flag grammar for every command
 
 Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 TariffPath = Annotated[Optional[str], typer.Option("--tariff", help="Rates CSV or a directory with rates.csv, customers.csv, holidays.csv; empty: the sample PLN list [PBXPIPE_TARIFF_PATH].")]
@@ -31,12 +29,6 @@ def _settings(**flags: Any) -> Settings:
     from pbxpipe.cli import _settings as settings
 
     return settings(log_format="console", **flags)
-
-
-def _time(value: str | None, zone: ZoneInfo, flag: str) -> datetime | None:
-    from pbxpipe.cli import _parse_time
-
-    return _parse_time(value, zone, flag)
 
 
 @tariffs_app.command("check")
@@ -68,17 +60,16 @@ def show(
     tariff_tz: Tz = None,
 ) -> None:
     """How a number would be rated, and why: plan, matched prefix, band, increments, example costs."""
-    from contracts.profile import DEFAULT_PROFILE, load_profile
     from enrich.tariffs import Rater
     from pbxpipe.rating import load_tariff, zone_of
     from store.queries import money_str
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, tariff_timezone=tariff_tz)
     try:
-        profile = load_profile(settings.pbx_profile) if settings.pbx_profile else DEFAULT_PROFILE
+        profile = _profile(settings)
         tar = load_tariff(settings)
         zone = zone_of(settings)
-        when = _time(at, zone, "--at")
+        when = _parse_time(at, zone, "--at")
         epoch = when.timestamp() if when else time.time()
         talk = [int(s) for s in (seconds.split(",") if seconds else EXAMPLE_SECONDS)]
     except ValueError:
@@ -164,7 +155,6 @@ def rerate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from contracts.profile import DEFAULT_PROFILE, load_profile
     from enrich.tariffs import Rater
     from pbxpipe.pipeline import open_store
     from pbxpipe.rating import load_tariff, publish
@@ -173,14 +163,10 @@ def rerate(
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, clickhouse_dsn=clickhouse,
                          tariff_timezone=tariff_tz)
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        _fail(f"--tz: unknown time zone {tz!r}")
-        raise AssertionError from None
+    zone = _zone(tz)
     err = Console(stderr=True)
     try:
-        profile = load_profile(settings.pbx_profile) if settings.pbx_profile else DEFAULT_PROFILE
+        profile = _profile(settings)
         tar = load_tariff(settings)
         store = open_store(settings)
         if not dry_run:
@@ -193,8 +179,8 @@ def rerate(
             def step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            report = do_rerate(store, Rater(tar, profile), since=_time(since, zone, "--since"),
-                               until=_time(until, zone, "--until"), plan=plan, pbx_id=customer,
+            report = do_rerate(store, Rater(tar, profile), since=_parse_time(since, zone, "--since"),
+                               until=_parse_time(until, zone, "--until"), plan=plan, pbx_id=customer,
                                tz=tz, progress=step, dry_run=dry_run)
     except PbxPipeError as e:
         _fail(str(e))
