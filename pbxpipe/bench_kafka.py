@@ -149,7 +149,9 @@ def _end_to_end(env: dict[str, str], tmp: Path, args: argparse.Namespace) -> Non
 
     from contracts.config import load_settings
     from contracts.profile import DEFAULT_PROFILE
-    from pbxpipe.stages import EnrichStage, IngestStage, StoreStage
+    from pbxpipe.stage_enrich import EnrichStage
+    from pbxpipe.stage_ingest import IngestStage
+    from pbxpipe.stage_store import StoreStage
     from store.clickhouse import ClickHouseStore
 
     sim_port = _free_port()

@@ -1,6 +1,6 @@
 """The Kafka adapter (aiokafka): clients from Settings, topics, batched produce, dead letters.
 
-Thin on purpose: the stages (pbxpipe/stages.py) decide what to send and when to commit; this
+Thin on purpose: the stages (pbxpipe/stage_*.py) decide what to send and when to commit; this
 module only speaks Kafka. Produce goes through the batch API, one batch per partition per round,
 and a round is awaited as a whole: never one await per message.
 """

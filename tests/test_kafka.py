@@ -292,7 +292,7 @@ def test_store_pauses_while_clickhouse_is_down_and_drops_nothing(broker, tmp_pat
     """ClickHouse refuses inserts for a while: the store backs off with fetching paused, then
     inserts every record once and commits."""
     from pbxpipe.cmd_kafka import open_kafka_store
-    from pbxpipe.stages import StoreStage
+    from pbxpipe.stage_store import StoreStage
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                               "kafka_partitions": 3, "batch_rows": 500, "batch_age_s": 0.2,
@@ -341,7 +341,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_con
     from aiokafka import AIOKafkaConsumer
 
     from pbxpipe.cmd_kafka import open_kafka_store
-    from pbxpipe.stages import StoreStage
+    from pbxpipe.stage_store import StoreStage
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                               "kafka_partitions": 1, "batch_age_s": 0.1,

@@ -1,0 +1,221 @@
+"""ingest as a Kafka client: AMI frames (or a capture) -> the raw topic, keyed by PBX and Linkedid.
+
+It never blocks the AMI reader: frames go to a bounded in-memory queue, and from there to Kafka
+in batched rounds; when a round fails (Kafka unreachable) they go to the local spool, which is
+drained, in order, before anything newer once Kafka answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from contracts import kafka as k
+from contracts import metrics
+from contracts.config import Settings
+from contracts.envelope import Envelope, envelope_encoder
+from contracts.records import Quarantined, record_encoder
+from ingest.routing import CallRouter
+from ingest.spool import Spool
+from pbxpipe.kafka import KafkaError, Message, Producer, ensure_topics, make_producer
+
+log = structlog.get_logger("pbxpipe.stage_ingest")
+
+
+
+class IngestStage:
+    """AMI frames (or a capture) -> the raw topic, keyed by PBX and Linkedid, spooled when needed."""
+
+    ROUND = 20_000  # messages per produce round
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.router = CallRouter()
+        self.queue: deque[Message] = deque()
+        self.spool = Spool(Path(settings.kafka_spool_dir) / settings.pbx_id,
+                           max_bytes=settings.kafka_spool_max_bytes)
+        self.producer = Producer(make_producer(settings), k.STAGE_INGEST)
+        self.topic = settings.kafka_raw_topic
+        self.sent = 0
+        self.last_input = clock()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._spooling = not self.spool.empty  # a spool left by the last run drains first
+        self._log = log.bind(stage=k.STAGE_INGEST, pbx=settings.pbx_id)
+        self._spool_gauge = metrics.INGEST_SPOOL_BYTES.labels(settings.pbx_id)
+        self._dropped = metrics.INGEST_SPOOL_DROPPED.labels(settings.pbx_id)
+        self._epoch_base = int(clock() * 1000)
+        self.busy_s = 0.0
+
+    # called from the socket reader: cheap, never blocks
+    def on_envelope(self, env: Envelope) -> None:
+        key = k.call_key(env.pbx_id, self.router.linkedid(env.headers))
+        self.queue.append((key, envelope_encoder.encode(env), k.KIND_ENVELOPE, env.recv_time))
+        self._after_put()
+
+    def on_quarantine(self, item: Quarantined) -> None:
+        self.queue.append((k.call_key(item.pbx_id, ""), record_encoder.encode(item),
+                           k.KIND_QUARANTINED, item.received_at))
+        self._after_put()
+
+    def _after_put(self) -> None:
+        self.last_input = self.clock()
+        if len(self.queue) >= self.settings.queue_size:
+            # Kafka is slower than the PBX: spill to disk rather than grow without bound
+            self._to_spool(self._take(len(self.queue)))
+            self._spooling = True
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _take(self, n: int) -> list[Message]:
+        q = self.queue
+        return [q.popleft() for _ in range(min(n, len(q)))]
+
+    def _to_spool(self, items: list[Message]) -> None:
+        if not items:
+            return
+        refused = self.spool.append(items)
+        if refused:
+            self._dropped.inc(refused)
+            self._log.error("spool_full_frames_dropped", dropped=refused,
+                            max_bytes=self.settings.kafka_spool_max_bytes)
+        self._spool_gauge.set(self.spool.bytes)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and self.spool.empty
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings, [self.topic, self.settings.kafka_records_topic,
+                                            self.settings.kafka_dead_letter_topic])
+        await self.producer.start()
+
+    async def pump(self) -> None:
+        """Move frames to Kafka until :meth:`stop`, then deliver (or spool) what is left."""
+        backoff = 0.2
+        while True:
+            if self._stop.is_set() and self.idle:
+                return
+            if not self._spooling:
+                items = self._take(self.ROUND)
+                if not items:
+                    if self._stop.is_set():
+                        return
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 0.05)
+                    continue
+                try:
+                    await self._send(items)
+                    self.sent += len(items)
+                    self._log.debug("batch_produced", messages=len(items))
+                except (KafkaError, TimeoutError) as e:
+                    self._to_spool(items)
+                    self._spooling = True
+                    self._log.warning("kafka_unreachable_spooling", error=str(e) or type(e).__name__,
+                                      spooled=len(items))
+                continue
+            # spooling: everything new goes behind the spool; the head goes to Kafka
+            self._to_spool(self._take(len(self.queue)))
+            head = self.spool.peek(self.ROUND)
+            if not head:
+                self._spooling = False
+                continue
+            try:
+                await self._send(head)
+            except (KafkaError, TimeoutError) as e:
+                if self._stop.is_set():
+                    self._log.warning("spool_left_for_next_run", bytes=self.spool.bytes)
+                    return
+                self._log.debug("spool_drain_failed", error=str(e) or type(e).__name__)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self.spool.consume()
+            self.sent += len(head)
+            self._spool_gauge.set(self.spool.bytes)
+            self._log.info("spool_drained", messages=len(head), left_bytes=self.spool.bytes)
+            if self.spool.empty:
+                self._spooling = False
+
+    async def _send(self, items: list[Message]) -> None:
+        # aiokafka retries a batch forever while the partition leader is known but unreachable:
+        # past the deadline the frames go to the spool. Should the batch still land later, enrich
+        # skips the second copy by its (epoch, seq).
+        await asyncio.wait_for(self.producer.send(self.topic, items),
+                               self.settings.kafka_request_timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def close(self) -> None:
+        await self.producer.stop()
+        self.spool.close()
+
+    async def run_capture(self, paths: Sequence[Path]) -> int:
+        """A raw AMI capture into the raw topic, as if it came from the PBX; returns frames."""
+        from ingest.capture import read_capture
+
+        pump = asyncio.create_task(self.pump())
+        n = 0
+        epoch = self._epoch_base
+        started = time.perf_counter()
+        for path in paths:
+            for item in read_capture(path, self.settings.pbx_id):
+                n += 1
+                if isinstance(item, Quarantined):
+                    self.on_quarantine(item)
+                else:
+                    self.on_envelope(Envelope(item.pbx_id, epoch, item.seq, item.recv_time,
+                                              item.headers))
+                if n % 1000 == 0:  # a file reads faster than Kafka takes: keep below the spill mark
+                    await asyncio.sleep(0)
+                    while len(self.queue) > self.settings.queue_size // 2 and not self._spooling:
+                        await asyncio.sleep(0.002)
+            epoch += 1
+        self.stop()
+        await pump
+        self.busy_s = time.perf_counter() - started
+        return n
+
+    async def run_ami(self, stop: asyncio.Event, idle_exit: float | None = None) -> None:
+        """Read the PBX's AMI until ``stop`` (or idle for ``idle_exit`` s), frames to Kafka."""
+        from ingest.ami import AmiListener
+
+        listener = AmiListener(self.settings, self.on_envelope, self.on_quarantine,
+                               clock=self.clock)
+        listener.epoch = self._epoch_base  # (epoch, seq) never repeats across restarts
+        reader = asyncio.create_task(listener.run(), name="ami-listener")
+        pump = asyncio.create_task(self.pump(), name="ingest-pump")
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader, pump, waiter}, timeout=0.2,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done & {reader, pump}:
+                    task.result()
+                if waiter in done:
+                    break
+                if (idle_exit is not None and self.idle
+                        and self.clock() - self.last_input >= idle_exit):
+                    self._log.info("ingest_idle", seconds=idle_exit)
+                    break
+        finally:
+            await listener.stop()
+            reader.cancel()
+            waiter.cancel()
+            await asyncio.gather(reader, waiter, return_exceptions=True)
+            self.stop()
+            await pump
+
+
