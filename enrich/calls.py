@@ -23,9 +23,11 @@ Rules, checked against a real Asterisk 22 (tests/fixtures/asterisk):
 from __future__ import annotations
 
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from contracts.envelope import Envelope
 from contracts.profile import PbxProfile, Role
@@ -60,47 +62,61 @@ _CAUSE_STATUS: dict[int, Status] = {
     28: "failed",
 }
 
+_SCAN_CHANNELS = 8
+"""A call finds its channels by a scan of a list (smaller than a dict) up to this many."""
 
-@dataclass(slots=True)
-class _Channel:
+# A call's state is small structs without GC headers (no cycles: channels never point back),
+# repeated strings interned: thousands of calls are held open at once.
+
+
+class _Channel(msgspec.Struct, gc=False):
+    """A channel nobody talks on (Local, ignored): the call only waits for its Hangup."""
+
     uniqueid: str
-    name: str
     role: Role
-    ext: str  # read from the name; "" when the profile reads it from the caller ID
-    ext_from_callerid: bool
-    created: float | None = None
-    exten: str = ""  # Newchannel's Exten: the DID of a trunk call, the number an employee dialled
-    callerid_num: str = ""
-    callerid_name: str = ""
-    hangup_asked: float | None = None  # first (Soft)HangupRequest or Hangup
     hungup: float | None = None
-    cause: int = 0
-    cause_txt: str = ""
 
-    @property
-    def human(self) -> bool:
-        return self.role == "trunk" or self.role == "device"
+
+class _Party(_Channel, gc=False):
+    """A trunk or device channel: a party of the call, and a leg once it rings."""
+
+    ext: str | None = ""  # read from the name; None: the caller ID says it, not seen yet
+    name: str = ""  # for the leg record; the origin's is never needed
+    hangup_asked: float | None = None  # first (Soft)HangupRequest or Hangup
+    leg: int = 0  # order among the call's legs (its first DialBegin/DialEnd); 0: never rang
+    # when it rang; until then its Newchannel's time, where a DialEnd without DialBegin starts it
+    leg_start: float = 0.0
+    ring_end: float | None = None  # DialEnd: the answer when outcome is ANSWER
+    outcome: str = ""  # DialEnd's DialStatus
+    answered: int = 0  # order among the call's answers; 0: not answered
 
     @property
     def extension(self) -> str:
-        return self.callerid_num if self.ext_from_callerid else self.ext
+        return self.ext or ""
 
     @property
     def party(self) -> str:
-        return EXTERNAL if self.role == "trunk" else self.extension
+        return EXTERNAL if self.role == "trunk" else self.ext or ""
+
+    @property
+    def answer(self) -> float | None:
+        return self.ring_end if self.answered else None
 
 
-@dataclass(slots=True)
-class _Leg:
-    channel: _Channel
-    start: float
-    answer: float | None = None
-    ring_end: float | None = None
-    outcome: str = ""
+class _Origin(_Party, gc=False):
+    """The call's first trunk or device channel, with what the record takes from it alone."""
+
+    created: float | None = None  # the call's start
+    callerid_num: str = ""  # a trunk's: the caller (a device's is its extension)
+    callerid_name: str = ""
+    exten: str = ""  # Newchannel's Exten: the DID of a trunk call, the number an employee dialled
+    cause: int = 0
+    cause_txt: str = ""
+    cdr_end: str | None = None  # its CDR row that ended last: EndTime, disposition
+    disposition: str = ""
 
 
-@dataclass(slots=True)
-class _Call:
+class _Call(msgspec.Struct, gc=False):
     linkedid: str
     first_recv: float
     first_time: float
@@ -108,15 +124,16 @@ class _Call:
     events: int = 0
     open_channels: int = 0
     closing_at: float | None = None
-    channels: dict[str, _Channel] = field(default_factory=dict)
-    legs: dict[str, _Leg] = field(default_factory=dict)
-    answers: list[tuple[float, _Channel]] = field(default_factory=list)
+    channels: list[_Channel] = []  # in order of appearance
+    index: dict[str, _Channel] | None = None  # uniqueid -> channel, once a scan would be slow
+    origin: _Origin | None = None
+    marks: int = 0  # the last leg / answer order given out
     queue: str = ""
-    transfer_event: bool = False
+    transferred: bool = False  # a (successful) transfer event
     forwarded: bool = False
-    recordings: list[str] = field(default_factory=list)
-    # party-A uniqueid -> the CDR row that ended last: (EndTime, arrival, disposition)
-    dispositions: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    recordings: list[str] | None = None
+    # CDR rows of channels not seen yet (rare): uniqueid -> (EndTime, disposition)
+    early_cdrs: dict[str, tuple[str, str]] | None = None
 
 
 class CallBuilder:
@@ -201,9 +218,10 @@ class CallBuilder:
                 return []
             call = self._calls[linkedid] = _Call(linkedid, ev.recv, ev.time)
         call.events += 1
-        if ev.time > call.last_time:
+        # hot path: a comparison costs less than a call to max() / min()
+        if ev.time > call.last_time:  # noqa: PLR1730
             call.last_time = ev.time
-        if ev.time < call.first_time:
+        if ev.time < call.first_time:  # noqa: PLR1730
             call.first_time = ev.time
         handler = self._handlers.get(ev.kind)
         if handler is not None:
@@ -236,33 +254,64 @@ class CallBuilder:
     # -- handlers ------------------------------------------------------------------------
 
     def _channel(self, call: _Call, uniqueid: str, name: str) -> _Channel:
-        ch = call.channels.get(uniqueid)
-        if ch is None:
-            role, ext = self.profile.classify(name)
-            from_callerid = role == "device" and not ext
-            ch = call.channels[uniqueid] = _Channel(uniqueid, name, role, ext, from_callerid)
-            call.open_channels += 1
-            call.closing_at = None
-            self._closing.pop(call.linkedid, None)
-            self._by_uniqueid[uniqueid] = call.linkedid
+        found = _find(call, uniqueid)
+        if found is not None:
+            return found
+        if uniqueid == call.linkedid:
+            uniqueid = call.linkedid  # the origin's id is usually the Linkedid: keep one string
+        role, ext = self.profile.classify(name)
+        ch: _Channel
+        if role == "trunk" or role == "device":
+            # a device named without its extension is read from the caller ID (profile)
+            extension = None if role == "device" and not ext else sys.intern(ext)
+            if call.origin is None:
+                ch = call.origin = _Origin(uniqueid, role, ext=extension)
+                if call.early_cdrs and uniqueid in call.early_cdrs:
+                    ch.cdr_end, ch.disposition = call.early_cdrs.pop(uniqueid)
+            else:
+                ch = _Party(uniqueid, role, ext=extension, name=name)
+        else:
+            ch = _Channel(uniqueid, role)
+        call.channels.append(ch)
+        if call.index is not None:
+            call.index[uniqueid] = ch
+        elif len(call.channels) > _SCAN_CHANNELS:
+            call.index = {c.uniqueid: c for c in call.channels}
+        call.open_channels += 1
+        call.closing_at = None
+        self._closing.pop(call.linkedid, None)
+        self._by_uniqueid[uniqueid] = call.linkedid
         return ch
 
     def _on_newchannel(self, call: _Call, ev: Event) -> None:
         ch = self._channel(call, ev.uniqueid, ev.channel)
-        ch.created = ev.time
-        ch.exten = ev.exten
-        self._on_callerid(call, ev)
+        if isinstance(ch, _Origin):
+            ch.created = ev.time
+            ch.exten = sys.intern(ev.exten)
+        elif isinstance(ch, _Party) and not ch.leg:
+            ch.leg_start = ev.time
+        if isinstance(ch, _Party):
+            self._caller_id(ch, ev)
 
     def _on_callerid(self, call: _Call, ev: Event) -> None:
         ch = self._channel(call, ev.uniqueid, ev.channel)
-        if not ch.callerid_num and ev.callerid_num:
-            ch.callerid_num = ev.callerid_num
-        if not ch.callerid_name and ev.callerid_name:
-            ch.callerid_name = ev.callerid_name
+        if isinstance(ch, _Party):
+            self._caller_id(ch, ev)
+
+    @staticmethod
+    def _caller_id(ch: _Party, ev: Event) -> None:
+        # the first number and name given count
+        if ch.ext is None and ev.callerid_num:
+            ch.ext = sys.intern(ev.callerid_num)
+        if isinstance(ch, _Origin):
+            if not ch.callerid_num and ev.callerid_num and ch.role == "trunk":
+                ch.callerid_num = ev.callerid_num
+            if not ch.callerid_name and ev.callerid_name:
+                ch.callerid_name = sys.intern(ev.callerid_name)
 
     def _on_hangup_request(self, call: _Call, ev: Event) -> None:
         ch = self._channel(call, ev.uniqueid, ev.channel)
-        if ch.hangup_asked is None:
+        if isinstance(ch, _Party) and ch.hangup_asked is None:
             ch.hangup_asked = ev.time
 
     def _on_hangup(self, call: _Call, ev: Event) -> None:
@@ -270,9 +319,11 @@ class CallBuilder:
         if ch.hungup is not None:
             return
         ch.hungup = ev.time
-        if ch.hangup_asked is None:
-            ch.hangup_asked = ev.time
-        ch.cause, ch.cause_txt = ev.cause, ev.cause_txt
+        if isinstance(ch, _Party):
+            if ch.hangup_asked is None:
+                ch.hangup_asked = ev.time
+            if isinstance(ch, _Origin):
+                ch.cause, ch.cause_txt = ev.cause, sys.intern(ev.cause_txt)
         call.open_channels -= 1
         if call.open_channels <= 0:
             call.closing_at = ev.recv + self.grace_s
@@ -280,40 +331,41 @@ class CallBuilder:
 
     def _on_dial_begin(self, call: _Call, ev: Event) -> None:
         dest = self._channel(call, ev.dest_uniqueid, ev.dest_channel)
-        if not dest.human or dest.uniqueid in call.legs:
+        if not isinstance(dest, _Party) or dest.leg:
             return
-        call.legs[dest.uniqueid] = _Leg(dest, ev.time)
+        call.marks += 1
+        dest.leg, dest.leg_start = call.marks, ev.time
         # The dialplan was handling extension X, yet another phone rings: a forward.
         if (
             ev.uniqueid
             and dest.role == "device"
             and self.profile.is_internal_number(ev.exten)
-            and dest.extension
-            and dest.extension != ev.exten
+            and dest.ext
+            and dest.ext != ev.exten
         ):
             call.forwarded = True
 
     def _on_dial_end(self, call: _Call, ev: Event) -> None:
         dest = self._channel(call, ev.dest_uniqueid, ev.dest_channel)
-        if not dest.human:
+        if not isinstance(dest, _Party):
             return
-        leg = call.legs.get(dest.uniqueid)
-        if leg is None:  # DialEnd without DialBegin (attended-transfer consultation)
-            leg = call.legs[dest.uniqueid] = _Leg(dest, dest.created or ev.time)
-        if leg.outcome:  # app_queue sends a second DialEnd for legs that did not connect
+        if not dest.leg:  # DialEnd without DialBegin (attended-transfer consultation)
+            call.marks += 1
+            dest.leg, dest.leg_start = call.marks, dest.leg_start or ev.time
+        if dest.outcome:  # app_queue sends a second DialEnd for legs that did not connect
             return
-        leg.outcome = ev.dial_status
-        leg.ring_end = ev.time
+        dest.outcome = sys.intern(ev.dial_status)
+        dest.ring_end = ev.time
         if ev.dial_status == "ANSWER":
-            leg.answer = ev.time
-            call.answers.append((ev.time, dest))
+            call.marks += 1
+            dest.answered = call.marks
 
     def _on_queue_join(self, call: _Call, ev: Event) -> None:
-        call.queue = call.queue or ev.queue
+        call.queue = call.queue or sys.intern(ev.queue)
 
     def _on_transfer(self, call: _Call, ev: Event) -> None:
         if ev.result in ("", "Success"):
-            call.transfer_event = True
+            call.transferred = True
 
     def _on_varset(self, call: _Call, ev: Event) -> None:
         if ev.variable == RECORDING_VARIABLE and ev.value:
@@ -327,10 +379,21 @@ class CallBuilder:
                     _add_recording(call, m.groupdict().get("file") or m.group(0))
                     break
         # One CDR row per (party A, party B) and per dial attempt; the call's outcome is the
-        # row that ended last (a ring group's losing forks end before the winner's row).
-        row = (ev.cdr_end, call.events, ev.disposition)
-        if row > call.dispositions.get(ev.uniqueid, ("", 0, "")):
-            call.dispositions[ev.uniqueid] = row
+        # origin's row that ended last (a ring group's losing forks end before the winner's),
+        # the later of two that ended at the same second.
+        origin = call.origin
+        if origin is not None and origin.uniqueid == ev.uniqueid:
+            if origin.cdr_end is None or ev.cdr_end >= origin.cdr_end:
+                # interned: the calls ending in the same second share it
+                origin.cdr_end = sys.intern(ev.cdr_end)
+                origin.disposition = sys.intern(ev.disposition)
+        elif _find(call, ev.uniqueid) is None:
+            early = call.early_cdrs
+            if early is None:
+                early = call.early_cdrs = {}
+            row = early.get(ev.uniqueid)
+            if row is None or ev.cdr_end >= row[0]:
+                early[ev.uniqueid] = (ev.cdr_end, ev.disposition)
 
     # -- output --------------------------------------------------------------------------
 
@@ -340,26 +403,40 @@ class CallBuilder:
     def _close(self, linkedid: str, *, incomplete: bool) -> list[Output]:
         call = self._calls.pop(linkedid)
         self._closing.pop(linkedid, None)
-        for uid in call.channels:
-            self._by_uniqueid.pop(uid, None)
+        for ch in call.channels:
+            self._by_uniqueid.pop(ch.uniqueid, None)
         self._closed[linkedid] = (call.closing_at or call.first_recv) + self.tombstone_s
-        origin = next((c for c in call.channels.values() if c.human), None)
+        origin = call.origin
         if origin is None:
             self._reject("no_pbx_leg")
             return []
-        record = summarize(call, origin, self.profile, self.pbx_id, incomplete)
+        legs = _legs(call, origin)
+        record = summarize(call, origin, legs, self.profile, self.pbx_id, incomplete)
         if self.rate is not None:
             record = self.rate(record)
-        legs = [
-            _leg_record(leg, record)
-            for uid, leg in call.legs.items()
-            if uid != origin.uniqueid
-        ]
-        return [record, *legs]
+        return [record, *(_leg_record(leg, record) for leg in legs)]
+
+
+def _find(call: _Call, uniqueid: str) -> _Channel | None:
+    if call.index is not None:
+        return call.index.get(uniqueid)
+    for ch in call.channels:
+        if ch.uniqueid == uniqueid:
+            return ch
+    return None
+
+
+def _legs(call: _Call, origin: _Origin) -> list[_Party]:
+    """The call's ringing attempts but the origin's, in the order they began."""
+    legs = [c for c in call.channels if isinstance(c, _Party) and c.leg and c is not origin]
+    legs.sort(key=lambda c: c.leg)
+    return legs
 
 
 def _add_recording(call: _Call, name: str) -> None:
     # the variable gives the PBX's full path, a userfield often just the file name: one file
+    if call.recordings is None:
+        call.recordings = []
     base = name.rsplit("/", 1)[-1]
     if all(r.rsplit("/", 1)[-1] != base for r in call.recordings):
         call.recordings.append(name)
@@ -370,16 +447,16 @@ def _r(x: float) -> float:
 
 
 def summarize(
-    call: _Call, origin: _Channel, profile: PbxProfile, pbx_id: str, incomplete: bool
+    call: _Call, origin: _Origin, legs: list[_Party], profile: PbxProfile, pbx_id: str,
+    incomplete: bool,
 ) -> CallRecord:
-    """One record for the whole call, from its folded state."""
-    answers = [(t, ch) for t, ch in call.answers if ch is not origin]
-    legs = [leg for uid, leg in call.legs.items() if uid != origin.uniqueid]
-    humans = [c for c in call.channels.values() if c.human]
+    """One record for the whole call, from its folded state (``legs``: :func:`_legs`)."""
+    answers = sorted((leg for leg in legs if leg.answered), key=lambda c: c.answered)
+    humans = [c for c in call.channels if isinstance(c, _Party)]
 
     if origin.role == "trunk":
         direction = "inbound"
-    elif any(leg.channel.role == "trunk" for leg in legs):
+    elif any(leg.role == "trunk" for leg in legs):
         direction = "outbound"
     elif legs or profile.is_internal_number(origin.exten):
         direction = "internal"
@@ -390,7 +467,7 @@ def summarize(
     ends = [c.hungup for c in humans if c.hungup is not None]
     end = max(ends) if ends else call.last_time
     answered = bool(answers)
-    first_answer = answers[0][0] if answered else None
+    first_answer = answers[0].ring_end if answered else None
 
     status: Status
     if answered:
@@ -405,7 +482,7 @@ def summarize(
             status = _CAUSE_STATUS.get(origin.cause, "no_answer")
 
     # who hung up: the first of the talking parties to ask for it
-    parties = [origin, *(ch for _, ch in answers)] if answered else [origin, *(l.channel for l in legs)]
+    parties: list[_Party] = [origin, *(answers if answered else legs)]
     asked = [(p.hangup_asked, i, p) for i, p in enumerate(parties) if p.hangup_asked is not None]
     hangup_by = ""
     if asked:
@@ -413,11 +490,11 @@ def summarize(
 
     rang: list[str] = []
     for leg in legs:
-        ext = leg.channel.extension
-        if leg.channel.role == "device" and ext and ext not in rang:
+        ext = leg.extension
+        if leg.role == "device" and ext and ext not in rang:
             rang.append(ext)
 
-    distinct_answerers = {ch.party for _, ch in answers}
+    distinct_answerers = {ch.party for ch in answers}
     return CallRecord(
         call_id=f"{pbx_id}:{call.linkedid}",
         pbx_id=pbx_id,
@@ -427,8 +504,8 @@ def summarize(
         caller_name=origin.callerid_name,
         called=origin.exten,
         answered=answered,
-        first_answered_by=answers[0][1].party if answered else None,
-        last_answered_by=answers[-1][1].party if answered else None,
+        first_answered_by=answers[0].party if answered else None,
+        last_answered_by=answers[-1].party if answered else None,
         status=status,
         start=_r(start),
         answer=_r(first_answer) if first_answer is not None else None,
@@ -441,19 +518,19 @@ def summarize(
         hangup_by=hangup_by,  # type: ignore[arg-type]
         extensions_rang=tuple(rang),
         queue=call.queue,
-        transferred=call.transfer_event or len(distinct_answerers) > 1,
+        transferred=call.transferred or len(distinct_answerers) > 1,
         forwarded=call.forwarded,
-        recordings=tuple(call.recordings),
-        disposition=call.dispositions.get(origin.uniqueid, ("", 0, ""))[2],
+        recordings=tuple(call.recordings or ()),
+        disposition=origin.disposition,
         incomplete=incomplete,
         version=call.events,
     )
 
 
-def _leg_record(leg: _Leg, record: CallRecord) -> CallLeg:
-    ch = leg.channel
-    end = ch.hungup if ch.hungup is not None else (leg.ring_end or record.end)
-    rang_until = leg.answer if leg.answer is not None else (leg.ring_end or end)
+def _leg_record(ch: _Party, record: CallRecord) -> CallLeg:
+    answer = ch.answer
+    end = ch.hungup if ch.hungup is not None else (ch.ring_end or record.end)
+    rang_until = answer if answer is not None else (ch.ring_end or end)
     return CallLeg(
         leg_id=f"{record.pbx_id}:{ch.uniqueid}",
         call_id=record.call_id,
@@ -462,12 +539,12 @@ def _leg_record(leg: _Leg, record: CallRecord) -> CallLeg:
         kind="trunk" if ch.role == "trunk" else "device",
         extension=ch.party,
         channel=ch.name,
-        start=_r(leg.start),
-        answer=_r(leg.answer) if leg.answer is not None else None,
+        start=_r(ch.leg_start),
+        answer=_r(answer) if answer is not None else None,
         end=_r(end),
-        ring_s=_r(max(rang_until - leg.start, 0.0)),
-        talk_s=_r(max(end - leg.answer, 0.0)) if leg.answer is not None else 0.0,
-        outcome=leg.outcome or "UNKNOWN",
-        answered=leg.answer is not None,
+        ring_s=_r(max(rang_until - ch.leg_start, 0.0)),
+        talk_s=_r(max(end - answer, 0.0)) if answer is not None else 0.0,
+        outcome=ch.outcome or "UNKNOWN",
+        answered=answer is not None,
         version=record.version,
     )

@@ -1,7 +1,8 @@
 """The boundary of enrich: AMI header tuples become typed events, once.
 
 Past this module nobody indexes ``headers["CallerIDNum"]``. Only the event types the call
-builder uses are decoded; everything else maps to ``None`` (counted, not an error).
+builder uses are decoded, and of each only the headers it reads; everything else maps to
+``None`` (counted, not an error).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     linkedid: str = ""
     uniqueid: str = ""
     channel: str = ""
-    state: str = ""
     callerid_num: str = ""
     callerid_name: str = ""
-    context: str = ""
     exten: str = ""
     dest_uniqueid: str = ""
     dest_channel: str = ""
@@ -39,16 +38,28 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     userfield: str = ""  # Cdr UserField: may name the call's recording (rec:<file>)
 
 
-# event kind -> whether it must carry a Linkedid to be routed to a call
-_ROUTED_BY_LINKEDID = frozenset(
-    {
-        "Newchannel", "Newstate", "NewCallerid", "NewConnectedLine", "Hangup", "HangupRequest",
-        "SoftHangupRequest", "DialBegin", "DialState", "DialEnd", "BridgeEnter", "BridgeLeave",
-        "QueueCallerJoin", "QueueCallerLeave", "QueueCallerAbandon", "AgentConnect",
-        "BlindTransfer", "AttendedTransfer", "MixMonitorStart", "VarSet",
-    }
+# What the builder reads of each kind. Every kind but Cdr must name its call (a Linkedid);
+# the kinds only counted still belong to a call and bump its version.
+_COUNTED, _CHANNEL, _CALLERID, _HANGUP, _HANGUP_REQUEST, _DIAL, _QUEUE, _TRANSFER, _VARSET, _CDR = (
+    range(10)
 )
-DECODED_KINDS = _ROUTED_BY_LINKEDID | {"Cdr"}
+_SHAPE: dict[str, int] = {
+    "Newchannel": _CHANNEL,
+    "Newstate": _CALLERID, "NewCallerid": _CALLERID, "NewConnectedLine": _CALLERID,
+    "Hangup": _HANGUP,
+    "HangupRequest": _HANGUP_REQUEST, "SoftHangupRequest": _HANGUP_REQUEST,
+    "DialBegin": _DIAL, "DialEnd": _DIAL,
+    "QueueCallerJoin": _QUEUE,
+    "BlindTransfer": _TRANSFER, "AttendedTransfer": _TRANSFER,
+    "VarSet": _VARSET,
+    "Cdr": _CDR,
+    **dict.fromkeys(
+        ("DialState", "BridgeEnter", "BridgeLeave", "QueueCallerLeave", "QueueCallerAbandon",
+         "AgentConnect", "MixMonitorStart"),
+        _COUNTED,
+    ),
+}
+DECODED_KINDS = frozenset(_SHAPE)
 
 _LINKEDID_FALLBACKS = LINKEDID_HEADERS[1:]
 
@@ -61,58 +72,87 @@ def _clean(v: str | None) -> str:
     return "" if v is None or v == UNKNOWN else v
 
 
+def _time(ts: str | None, recv: float) -> float:
+    try:
+        return float(ts) if ts else recv
+    except ValueError:
+        return recv
+
+
 def decode(env: Envelope) -> Event | None:
     """Typed event for the kinds the call builder uses; None for the rest.
 
     Raises MissingLinkedid for a call event that names no call.
     """
-    if not env.is_event:
+    headers = env.headers
+    if not headers or headers[0][0] != "Event":
         return None
-    kind = env.headers[0][1]
-    if kind not in DECODED_KINDS:
+    kind = headers[0][1]
+    shape = _SHAPE.get(kind)
+    if shape is None:
         return None
-    h = dict(env.headers)  # repeated headers: the last wins, which is fine for these kinds
-    ts = h.get("Timestamp")
-    try:
-        time = float(ts) if ts else env.recv_time
-    except ValueError:
-        time = env.recv_time
-    linkedid = h.get("Linkedid") or ""
-    if not linkedid:
-        for key in _LINKEDID_FALLBACKS:
-            if h.get(key):
-                linkedid = h[key]
-                break
-    if kind == "Cdr":
+    recv = env.recv_time
+    if (
+        shape == _VARSET
+        and len(headers) > 5
+        and headers[2][0] == "Timestamp"
+        and headers[-3][0] == "Linkedid"
+        and headers[-2][0] == "Variable"
+        and headers[-1][0] == "Value"
+        and headers[-3][1]
+    ):
+        # A VarSet per dialplan Set(): most of a call's events. Its usual layout (Timestamp
+        # third; Linkedid, Variable, Value last) is read where it stands, without a dict.
+        return Event(kind=kind, time=_time(headers[2][1], recv), recv=recv,
+                     linkedid=headers[-3][1], variable=headers[-2][1], value=headers[-1][1])
+    h = dict(headers)  # repeated headers: the last wins, which is fine for these kinds
+    get = h.get
+    time = _time(get("Timestamp"), recv)
+    if shape == _CDR:
         # cdr_manager names the party-A channel's id "UniqueID"; Linkedid only via [mappings]
         return Event(
-            kind=kind, time=time, recv=env.recv_time, linkedid=h.get("LinkedID", ""),
-            uniqueid=h.get("UniqueID", ""), channel=h.get("Channel", ""),
-            disposition=h.get("Disposition", ""), cdr_end=h.get("EndTime", ""),
-            userfield=h.get("UserField", ""),
+            kind=kind, time=time, recv=recv, linkedid=get("LinkedID", ""),
+            uniqueid=get("UniqueID", ""), channel=get("Channel", ""),
+            disposition=get("Disposition", ""), cdr_end=get("EndTime", ""),
+            userfield=get("UserField", ""),
         )
+    linkedid = get("Linkedid") or ""
     if not linkedid:
-        raise MissingLinkedid(kind)
-    cause = h.get("Cause", "")
-    return Event(
-        kind=kind,
-        time=time,
-        recv=env.recv_time,
-        linkedid=linkedid,
-        uniqueid=h.get("Uniqueid", ""),
-        channel=h.get("Channel", ""),
-        state=h.get("ChannelStateDesc", ""),
-        callerid_num=_clean(h.get("CallerIDNum")),
-        callerid_name=_clean(h.get("CallerIDName")),
-        context=h.get("Context", ""),
-        exten=h.get("Exten", ""),
-        dest_uniqueid=h.get("DestUniqueid", "") or h.get("TransfereeUniqueid", ""),
-        dest_channel=h.get("DestChannel", ""),
-        dial_status=h.get("DialStatus", ""),
-        cause=int(cause) if cause.isdigit() else 0,
-        cause_txt=h.get("Cause-txt", ""),
-        queue=h.get("Queue", ""),
-        variable=h.get("Variable", ""),
-        value=h.get("Value", ""),
-        result=h.get("Result", ""),
-    )
+        for key in _LINKEDID_FALLBACKS:
+            linkedid = get(key) or ""
+            if linkedid:
+                break
+        else:
+            raise MissingLinkedid(kind)
+    if shape == _COUNTED:
+        return Event(kind=kind, time=time, recv=recv, linkedid=linkedid)
+    if shape == _VARSET:
+        return Event(kind=kind, time=time, recv=recv, linkedid=linkedid,
+                     variable=get("Variable", ""), value=get("Value", ""))
+    if shape == _CHANNEL or shape == _CALLERID:
+        return Event(
+            kind=kind, time=time, recv=recv, linkedid=linkedid, uniqueid=get("Uniqueid", ""),
+            channel=get("Channel", ""), callerid_num=_clean(get("CallerIDNum")),
+            callerid_name=_clean(get("CallerIDName")),
+            exten=get("Exten", "") if shape == _CHANNEL else "",
+        )
+    if shape == _HANGUP:
+        cause = get("Cause", "")
+        return Event(
+            kind=kind, time=time, recv=recv, linkedid=linkedid, uniqueid=get("Uniqueid", ""),
+            channel=get("Channel", ""), cause=int(cause) if cause.isdigit() else 0,
+            cause_txt=get("Cause-txt", ""),
+        )
+    if shape == _HANGUP_REQUEST:
+        return Event(kind=kind, time=time, recv=recv, linkedid=linkedid,
+                     uniqueid=get("Uniqueid", ""), channel=get("Channel", ""))
+    if shape == _DIAL:
+        return Event(
+            kind=kind, time=time, recv=recv, linkedid=linkedid, uniqueid=get("Uniqueid", ""),
+            exten=get("Exten", ""),
+            dest_uniqueid=get("DestUniqueid", "") or get("TransfereeUniqueid", ""),
+            dest_channel=get("DestChannel", ""), dial_status=get("DialStatus", ""),
+        )
+    if shape == _QUEUE:
+        return Event(kind=kind, time=time, recv=recv, linkedid=linkedid, queue=get("Queue", ""))
+    return Event(kind=kind, time=time, recv=recv, linkedid=linkedid, result=get("Result", ""))  # _TRANSFER

@@ -7,21 +7,54 @@ framing (events/s), enrich (events/s, memory per open call), store (rows/s into 
 from __future__ import annotations
 
 import argparse
-import logging
 import gc
+import logging
 import tempfile
 import time
 import tracemalloc
 
-from contracts.envelope import Envelope
+from contracts import kafka as k
+from contracts.envelope import (
+    LINKEDID_HEADERS,
+    Envelope,
+    envelope_decoder,
+    envelope_encoder,
+)
 from contracts.logs import configure_logging
 from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallRecord
 from enrich.calls import CallBuilder
+from enrich.events import DECODED_KINDS
+from enrich.partition import PartitionEnricher
 from ingest.framing import AmiFramer
 from simulator.server import SimulatorConfig, render
 from store.clickhouse import ClickHouseStore
 from store.schema import batch_token
+
+
+def open_call_memory(envelopes: list[Envelope]) -> tuple[int, int]:
+    """Bytes held for open calls as the enrich stage holds them, and how many calls are open.
+
+    Every event but the Hangups is folded, so every call stays open. Each envelope goes through
+    msgpack as on the raw topic, so the strings and floats a call keeps are its own allocations
+    (the capture's frames share them: they would not be counted), and through a
+    PartitionEnricher with its message key, so the commit bookkeeping is counted too.
+    """
+    pe = PartitionEnricher(lambda pbx_id: CallBuilder(DEFAULT_PROFILE, pbx_id=pbx_id))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for offset, env in enumerate(envelopes):
+        if env.name == "Hangup":
+            continue
+        if env.name in DECODED_KINDS:  # the others leave nothing behind
+            env = envelope_decoder.decode(envelope_encoder.encode(env))
+        linkedid = next((v for h in LINKEDID_HEADERS if (v := env.get(h))), "")
+        pe.feed(offset, k.split_key(k.call_key(env.pbx_id, linkedid))[1], env)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held, pe.open_calls
 
 
 def main() -> None:
@@ -65,19 +98,9 @@ def main() -> None:
     records = [o for o in outputs if isinstance(o, CallRecord)]
     print(f"enrich         : {len(envelopes) / dt:>10,.0f} events/s ({len(records)} calls)")
 
-    # memory of open calls: fold every event but the Hangups, then measure the held state
-    hangups = {"Hangup"}
-    builder = CallBuilder(DEFAULT_PROFILE)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for env in envelopes:
-        if env.name not in hangups:
-            builder.feed(env)
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    print(f"enrich memory  : {held / max(builder.open_calls, 1):>10,.0f} bytes per open call "
-          f"({builder.open_calls} open)")
+    held, open_calls = open_call_memory(envelopes)
+    print(f"enrich memory  : {held / max(open_calls, 1):>10,.0f} bytes per open call "
+          f"({open_calls} open, commit bookkeeping included)")
 
     configure_logging("console", level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,98 @@
+"""The boundary and the compact call state: typed events from headers, rare paths of the builder."""
+
+from __future__ import annotations
+
+from contracts.envelope import Envelope
+from contracts.profile import DEFAULT_PROFILE
+from contracts.records import CallLeg, CallRecord
+from enrich.calls import CallBuilder
+from enrich.events import decode
+
+LID = "1700000000.1"
+CHANNEL = (("Privilege", "call,all"), ("ChannelStateDesc", "Up"), ("CallerIDNum", "101"),
+           ("CallerIDName", "Anna"), ("Context", "from-internal"), ("Exten", "0601234567"))
+
+
+def env(seq: int, *headers: tuple[str, str], t: float | None = None) -> Envelope:
+    t = float(seq) if t is None else t
+    kind, *rest = headers
+    return Envelope("pbx1", 0, seq, t, (kind, ("Timestamp", f"{t:.6f}"), *rest))
+
+
+def channel_event(seq: int, kind: str, uid: str, name: str, **extra: str) -> Envelope:
+    return env(seq, ("Event", kind), ("Channel", name), *CHANNEL, ("Uniqueid", uid),
+               ("Linkedid", LID), *extra.items())
+
+
+def test_varset_reads_the_same_in_any_header_order():
+    """VarSet's usual layout is read where it stands; any other order gives the same event."""
+    usual = channel_event(1, "VarSet", LID, "PJSIP/101-00000001",
+                          Variable="MIXMONITOR_FILENAME", Value="/rec/a.wav")
+    head, *rest = usual.headers
+    moved = Envelope("pbx1", 0, 1, usual.recv_time, (head, *reversed(rest)))
+    ev = decode(usual)
+    assert ev is not None and ev == decode(moved)
+    assert (ev.linkedid, ev.variable, ev.value, ev.time) == (LID, "MIXMONITOR_FILENAME",
+                                                              "/rec/a.wav", 1.0)
+
+
+def test_ring_group_wider_than_a_scan_keeps_every_leg():
+    """A call with more channels than a list scan serves (an index takes over) loses no leg."""
+    phones = [(f"{LID[:-1]}{n + 2}", f"PJSIP/{200 + n}-0000000{n}") for n in range(12)]
+    evs = [channel_event(1, "Newchannel", LID, "PJSIP/101-00000001")]
+    seq = 2
+    for uid, name in phones:
+        evs.append(channel_event(seq, "Newchannel", uid, name))
+        evs.append(env(seq + 1, ("Event", "DialBegin"), ("Uniqueid", LID), ("Linkedid", LID),
+                       ("Exten", "600"), ("DestChannel", name), ("DestUniqueid", uid)))
+        seq += 2
+    winner = phones[7]
+    for uid, name in phones:
+        status = "ANSWER" if uid == winner[0] else "CANCEL"
+        evs.append(env(seq, ("Event", "DialEnd"), ("Uniqueid", LID), ("Linkedid", LID),
+                       ("DestChannel", name), ("DestUniqueid", uid), ("DialStatus", status)))
+        seq += 1
+    for uid, name in [(LID, "PJSIP/101-00000001"), *phones]:
+        evs.append(channel_event(seq, "Hangup", uid, name, Cause="16"))
+        seq += 1
+    builder = CallBuilder(DEFAULT_PROFILE)
+    out = [o for e in evs for o in builder.feed(e)] + builder.flush()
+    [rec] = [o for o in out if isinstance(o, CallRecord)]
+    legs = [o for o in out if isinstance(o, CallLeg)]
+    assert rec.extensions_rang == tuple(str(200 + n) for n in range(12))
+    assert rec.first_answered_by == "207" and rec.status == "answered"
+    assert [(leg.extension, leg.outcome) for leg in legs] == [
+        (str(200 + n), "ANSWER" if n == 7 else "CANCEL") for n in range(12)]
+    assert not rec.incomplete
+
+
+def test_cdr_row_before_its_channel_still_gives_the_disposition():
+    """A Cdr naming the origin before its channel is seen counts; of rows ending in the same
+    second, the later one wins; rows of other channels do not."""
+    origin = "PJSIP/101-00000001"
+
+    def cdr(seq: int, uid: str, disposition: str, end: str) -> Envelope:
+        return env(seq, ("Event", "Cdr"), ("LinkedID", LID), ("UniqueID", uid),
+                   ("Disposition", disposition), ("EndTime", end))
+
+    evs = [
+        channel_event(1, "VarSet", LID, origin, Variable="X", Value="1"),
+        cdr(2, LID, "BUSY", "2026-11-24 10:00:05"),
+        channel_event(3, "Newchannel", LID, origin),
+        channel_event(4, "Newchannel", f"{LID}9", "PJSIP/102-00000002"),
+        cdr(5, f"{LID}9", "ANSWERED", "2026-11-24 10:00:09"),
+        channel_event(6, "Hangup", LID, origin, Cause="17"),
+        channel_event(7, "Hangup", f"{LID}9", "PJSIP/102-00000002", Cause="16"),
+    ]
+    builder = CallBuilder(DEFAULT_PROFILE)
+    for e in evs:
+        builder.feed(e)
+    [rec] = [o for o in builder.flush() if isinstance(o, CallRecord)]
+    assert rec.disposition == "BUSY"
+
+    builder = CallBuilder(DEFAULT_PROFILE)
+    for e in [*evs, cdr(8, LID, "NO ANSWER", "2026-11-24 10:00:05"),
+              cdr(9, LID, "FAILED", "2026-11-24 10:00:04")]:
+        builder.feed(e)
+    [rec] = [o for o in builder.flush() if isinstance(o, CallRecord)]
+    assert rec.disposition == "NO ANSWER"
