@@ -1,4 +1,5 @@
-"""The typed envelope every AMI frame travels in, from ingest to enrich (and later Kafka)."""
+"""The typed envelope every AMI frame travels in, from ingest to enrich, and the raw topic's batch
+of one call's frames as received."""
 
 from __future__ import annotations
 
@@ -49,3 +50,25 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
 
 envelope_encoder = msgspec.msgpack.Encoder()
 envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+class AmiFrames(msgspec.Struct, frozen=True, array_like=True):
+    """Consecutive frames of one call (one Kafka key) as ingest received them, on the raw topic.
+
+    ``raw`` is the frames' exact bytes, each with its terminating blank line, in order, frame
+    ``i`` of ``sizes[i]`` bytes, numbered ``(pbx_id, epoch, seqs[i])`` (not contiguous: other
+    calls' frames come in between); ``recv_time`` is that of the read that completed the last.
+    Ingest does not parse frames: enrich reads them (one that cannot be read is quarantined
+    there).
+    """
+
+    pbx_id: str
+    epoch: int
+    seqs: list[int]
+    sizes: list[int]
+    recv_time: float
+    raw: bytes
+
+
+frames_encoder = msgspec.msgpack.Encoder()
+frames_decoder = msgspec.msgpack.Decoder(AmiFrames)

@@ -23,7 +23,7 @@ class PartitionEnricher:
         self.builders: dict[str, CallBuilder] = {}
         # (pbx_id, linkedid) -> offset of the call's first event; insertion order = offset order
         self._first: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._last_seq: dict[str, tuple[int, int]] = {}  # pbx_id -> (epoch, seq) last folded
+        self._last_seq: dict[str, tuple[int, int]] = {}  # pbx_id -> (epoch, seq) last taken
         self.next_offset: int | None = None  # one past the last offset taken in
         self.stream_time = 0.0  # latest receive time seen: the clock of a backlog
         self.duplicates = 0
@@ -35,24 +35,51 @@ class PartitionEnricher:
         return b
 
     def feed(self, offset: int, linkedid: str, env: Envelope) -> list[Output]:
-        """Fold the envelope at ``offset`` whose message key names call ``linkedid``.
+        """Fold the envelope at ``offset`` (a message of one frame) whose key names ``linkedid``."""
+        if not self.accept(offset, env.pbx_id, env.epoch, env.seq):
+            return []
+        return self.fold(offset, linkedid, env)
 
-        An envelope already folded — the same ``(epoch, seq)`` or older, as a re-sent produce
-        batch brings it — is skipped: ingest's epochs grow across its restarts.
+    def accept(self, offset: int, pbx_id: str, epoch: int, seq: int) -> bool:
+        """Take the message at ``offset``, whose first frame is ``(epoch, seq)`` of ``pbx_id``:
+        False when it was taken already.
+
+        Along a partition, ingest's messages grow in (epoch, first seq) — its epochs grow across
+        restarts too — so one that does not was folded already: a produce round sent again
+        (after a timeout, from the spool) brings the same messages back.
         """
         self.next_offset = offset + 1
-        mark = (env.epoch, env.seq)
-        last = self._last_seq.get(env.pbx_id)
+        mark = (epoch, seq)
+        last = self._last_seq.get(pbx_id)
         if last is not None and mark <= last:
             self.duplicates += 1
-            return []
-        self._last_seq[env.pbx_id] = mark
-        if env.recv_time > self.stream_time:
-            self.stream_time = env.recv_time
+            return False
+        self._last_seq[pbx_id] = mark
+        return True
+
+    def fold(self, offset: int, linkedid: str, env: Envelope) -> list[Output]:
+        """Fold one frame of the message at ``offset`` (see :meth:`accept`)."""
+        self.stream_time = max(self.stream_time, env.recv_time)
         b = self.builder(env.pbx_id)
         out = b.feed(env)
         if linkedid:
             key = (env.pbx_id, linkedid)
+            if key not in self._first and b.is_open(linkedid):
+                self._first[key] = offset
+        return out
+
+    def fold_frames(self, offset: int, linkedid: str, pbx_id: str, recv_time: float,
+                    envs: list[Envelope]) -> list[Output]:
+        """Fold the frames of the message at ``offset`` (one call's, see :meth:`accept`), all
+        received by ``recv_time``."""
+        b = self.builder(pbx_id)
+        feed = b.feed
+        out: list[Output] = []
+        for env in envs:
+            out += feed(env)
+        self.stream_time = max(self.stream_time, recv_time)
+        if linkedid:
+            key = (pbx_id, linkedid)
             if key not in self._first and b.is_open(linkedid):
                 self._first[key] = offset
         return out

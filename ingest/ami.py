@@ -2,7 +2,8 @@
 
 panoramisk does the request side (Action objects, ActionID matching of Login, Filter and Ping
 responses); reading is ours: every byte goes through :class:`ingest.framing.AmiFramer`, and
-every frame — events and responses — becomes an :class:`Envelope` numbered by ``(epoch, seq)``.
+every frame — events and responses — is numbered by ``(epoch, seq)`` and handed on as an
+:class:`Envelope`, or (``on_frames``, for Kafka) unparsed, as the exact bytes received.
 Connection, login, keep-alive and reconnection are driven here rather than by
 ``panoramisk.Manager``, whose fixed reconnect timer and timeout-less ping do not fit.
 """
@@ -37,7 +38,7 @@ from contracts.metrics import (
     event_type_label,
 )
 from contracts.records import Quarantined
-from ingest.framing import AmiFramer, Frame, quarantined
+from ingest.framing import AmiFramer, Frame, quarantined, split_frames
 
 NEEDED_EVENTS: tuple[str, ...] = (
     "Newchannel", "Newstate", "NewCallerid", "NewConnectedLine", "Hangup", "HangupRequest",
@@ -115,11 +116,15 @@ class _AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         listener = self._listener
         now = listener.clock()
         listener._bytes.inc(len(data))
+        if listener.on_frames is not None:
+            self._raw_received(data, now)
+            return
         items = self._framer.feed(data)
         if not items:
             return
         pbx, epoch, seq = listener.pbx_id, self._epoch, self._seq
         on_envelope = listener.on_envelope
+        assert on_envelope is not None  # one of on_envelope and on_frames is set
         kinds: dict[str, int] = {}
         try:
             for item in items:
@@ -132,13 +137,36 @@ class _AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
                 kinds[kind] = kinds.get(kind, 0) + 1
                 if self.responses:  # an action of ours awaits its reply
                     self._match_response(item)
-        except Exception as e:  # a consumer bug: stop reading and surface it from run()
+        except Exception as e:  # noqa: BLE001  # a consumer bug: stop reading, surface it from run()
             listener._fail(e)
             self.close()
         finally:
             self.frames += seq - self._seq
             self._seq = seq
             listener._count(kinds)
+
+    def _raw_received(self, data: bytes, now: float) -> None:
+        """Frames as bytes to ``on_frames``; only replies to our actions are parsed here."""
+        listener = self._listener
+        frames, errors = self._framer.feed_raw(data)
+        try:
+            for err in errors:
+                listener._quarantine(err, now)
+            if not frames:
+                return
+            seq0 = self._seq + 1
+            self._seq += len(frames)
+            self.frames += len(frames)
+            listener.on_frames(self._epoch, seq0, frames, now)  # type: ignore[misc]
+            if self.responses:  # an action of ours awaits its reply
+                for raw in frames:
+                    if raw.startswith(b"Response: "):
+                        for _, item in split_frames(raw, [len(raw)]):
+                            if not isinstance(item, FrameError):
+                                self._match_response(item)
+        except Exception as e:  # noqa: BLE001  # a consumer bug: stop reading, surface it from run()
+            listener._fail(e)
+            self.close()
 
     def _match_response(self, frame: Frame) -> None:
         """Hand a reply to panoramisk's ActionID matching (resolves the Action's future)."""
@@ -167,7 +195,7 @@ class _AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         try:
             for err in self._framer.close():  # a frame cut by the disconnect is kept, not lost
                 self._listener._quarantine(err, now)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  # a consumer bug: surface it from run()
             self._listener._fail(e)
         if not self.lost.done():
             self.lost.set_result(exc)
@@ -193,24 +221,32 @@ class _AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
 class AmiListener:
     """Reads one PBX's AMI until stopped: login, event filters, keep-alive, reconnection.
 
-    ``on_envelope`` and ``on_quarantine`` are called synchronously from the socket reader and
-    must be cheap (a ``put_nowait`` on a bounded queue): Asterisk drops a manager client that
-    stops reading for ~100 ms. An exception raised by a callback stops the listener and is
-    re-raised by :meth:`run`.
+    ``on_envelope`` (or ``on_frames``) and ``on_quarantine`` are called synchronously from the
+    socket reader and must be cheap (a ``put_nowait`` on a bounded queue): Asterisk drops a
+    manager client that stops reading for ~100 ms. An exception raised by a callback stops the
+    listener and is re-raised by :meth:`run`.
+
+    With ``on_frames(epoch, seq0, frames, recv_time)`` instead of ``on_envelope``, frames are
+    not parsed: each read's complete frames come as their exact bytes, numbered ``seq0``…;
+    their per-type counts are then the caller's to report (:meth:`count_kinds`).
     """
 
     def __init__(
         self,
         settings: Settings,
-        on_envelope: Callable[[Envelope], None],
+        on_envelope: Callable[[Envelope], None] | None,
         on_quarantine: Callable[[Quarantined], None],
         *,
+        on_frames: Callable[[int, int, list[bytes], float], None] | None = None,
         event_filters: Sequence[str] = DEFAULT_FILTERS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.pbx_id = settings.pbx_id
+        if (on_envelope is None) == (on_frames is None):
+            raise TypeError("AmiListener takes one of on_envelope and on_frames")
         self.on_envelope = on_envelope
+        self.on_frames = on_frames
         self.on_quarantine = on_quarantine
         self.event_filters = tuple(event_filters)
         self.clock = clock
@@ -369,6 +405,11 @@ class AmiListener:
         self._once.warning(err.reason, "frame_quarantined", detail=err.detail,
                            raw_bytes=len(err.raw))
         self.on_quarantine(quarantined(err, self.pbx_id, now))
+
+    def count_kinds(self, kinds: dict[bytes, int]) -> None:
+        """Frames per event name (b"": not an event) as ``on_frames`` callers count them."""
+        self._count({(name.decode("utf-8", "replace") if name else "Response"): n
+                     for name, n in kinds.items()})
 
     def _count(self, kinds: dict[str, int]) -> None:
         """Metrics once per read, not once per frame."""

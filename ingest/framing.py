@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from contracts.envelope import AmiFrames, Envelope
 from contracts.errors import FrameError
 from contracts.records import Quarantined, QuarantineReason
 
@@ -23,51 +24,82 @@ RAW_KEEP_BYTES = 4096
 
 _BANNER_RE = re.compile(rb"^[^:\r\n]+/[^\s:]+$")
 _BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
+_CRLF2 = b"\r\n\r\n"
 
 
 class AmiFramer:
     """Incremental AMI framer for one connection: ``feed`` bytes, get frames and errors back."""
 
-    __slots__ = ("max_frame_bytes", "banner", "_buf", "_at_start", "_discarding")
+    __slots__ = ("_at_start", "_buf", "_discarding", "banner", "max_frame_bytes")
 
-    def __init__(self, max_frame_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_frame_bytes: int = 1 << 20, *, banner: bool = True) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.banner: str | None = None
         self._buf = bytearray()
-        self._at_start = True  # the first line of a connection may be the banner
+        self._at_start = banner  # the first line of a connection may be the banner
         self._discarding = False  # inside an oversized frame: drop until the next blank line
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """Frames completed by ``data``, in order; an incomplete tail is kept for the next call."""
         out: list[Frame | FrameError] = []
+        chunk = self._complete(data)
+        if chunk is not None:
+            self._frames(chunk, out)
+        self._check_size(out)
+        return out
+
+    def feed_raw(self, data: bytes) -> tuple[list[bytes], list[FrameError]]:
+        """Frames completed by ``data`` as the exact bytes received, each with its terminating
+        blank line, unparsed and undecoded, and the oversized frames dropped (as errors).
+
+        They are the frames :meth:`feed` would give, in order: :func:`split_frames` of their
+        concatenation reads them back one for one. Blank lines between frames stay with the
+        frame before them (or the one after, at the start of a read), so no byte is lost.
+        """
+        frames: list[bytes] = []
+        errors: list[FrameError] = []
+        chunk = self._complete(data)
+        if chunk is not None:
+            self._raw_frames(chunk, frames, errors)
+        self._check_size(errors)
+        return frames, errors
+
+    def _complete(self, data: bytes) -> bytes | None:
+        """The buffered bytes plus ``data`` up to the end of the last blank line, if any."""
         buf = self._buf
-        stream: bytes | bytearray
         if buf or self._at_start or self._discarding:
             scan_from = max(0, len(buf) - 3)  # a blank line may straddle the previous read
             buf += data
-            if self._at_start and not self._take_banner():
-                return out
+            if self._at_start:
+                if not self._take_banner():
+                    return None
+                scan_from = 0  # the banner went: what was scanned moved
             if self._discarding:
                 end = _first_blank_line_end(buf, scan_from)
                 if end < 0:
                     del buf[: max(0, len(buf) - 3)]
-                    return out
+                    return None
                 del buf[:end]
                 self._discarding = False
                 scan_from = 0
-            stream = buf
-        else:  # nothing pending: frame the read itself, no copy into the buffer
-            scan_from = 0
-            stream = data
-        end = _last_blank_line_end(stream, scan_from)
-        if end > 0:
-            self._frames(stream if end == len(stream) else stream[:end], out)
-            if stream is buf:
-                del buf[:end]
-            elif end < len(data):
-                buf += data[end:]
-        elif stream is not buf:
+            end = _last_blank_line_end(buf, scan_from)
+            if end < 0:
+                return None
+            chunk = bytes(buf) if end == len(buf) else bytes(memoryview(buf)[:end])
+            del buf[:end]
+            return chunk
+        # nothing pending: frame the read itself, no copy into the buffer
+        end = _last_blank_line_end(data, 0)
+        if end < 0:
             buf += data
+            return None
+        if end < len(data):
+            buf += data[end:]
+            return data[:end]
+        return data
+
+    def _check_size(self, out: list[Frame | FrameError] | list[FrameError]) -> None:
+        buf = self._buf
         if len(buf) > self.max_frame_bytes:
             out.append(
                 FrameError(
@@ -79,7 +111,6 @@ class AmiFramer:
             )
             del buf[: len(buf) - 3]
             self._discarding = True
-        return out
 
     @property
     def buffered(self) -> int:
@@ -138,6 +169,35 @@ class AmiFramer:
                 return
         self._frames_slow(bytes(chunk), out)
 
+    def _raw_frames(self, chunk: bytes, frames: list[bytes], errors: list[FrameError]) -> None:
+        """The exact bytes of each frame of ``chunk``, which ends with a blank line."""
+        # Fast path, AMI as Asterisk writes it: split at CRLF blank lines, one scan. A frame
+        # that holds other blank lines (bare LFs) stays one raw frame here: the parse in
+        # enrich reads it as the frames it holds (see split_frames).
+        if chunk.endswith(_CRLF2):
+            parts = chunk.split(_CRLF2)
+            parts.pop()  # what follows the final blank line: nothing
+            if len(chunk) <= self.max_frame_bytes or max(map(len, parts)) <= self.max_frame_bytes:
+                frames += [part + _CRLF2 for part in parts]
+                return
+        limit = self.max_frame_bytes
+        start = pos = 0  # start: of the next frame's bytes; pos: of the next part
+        last_kept = False
+        for m in _BLANK_LINE_RE.finditer(chunk):
+            part = chunk[pos : m.start()]
+            pos = m.end()
+            if not part.strip(b"\r\n"):
+                continue  # blank lines only: they go with the next frame
+            if len(part) > limit:
+                errors.append(_oversized(part, limit))
+                last_kept = False
+            else:
+                frames.append(chunk[start:pos])
+                last_kept = True
+            start = pos
+        if start < len(chunk) and last_kept:
+            frames[-1] += chunk[start:]  # blank lines at the end: with the frame before them
+
     def _frames_slow(self, chunk: bytes, out: list[Frame | FrameError]) -> None:
         limit = self.max_frame_bytes
         for part in _BLANK_LINE_RE.split(chunk):
@@ -151,7 +211,7 @@ class AmiFramer:
             except UnicodeDecodeError as e:
                 out.append(FrameError(INVALID_UTF8, f"{e.reason} at byte {e.start}", part))
                 continue
-            out.append(_parse_frame(text, part))
+            out.append(parse_frame(text, part))
 
 
 class _Unreadable(Exception):
@@ -226,12 +286,11 @@ def _oversized(raw: bytes, limit: int) -> FrameError:
     )
 
 
-def _parse_frame(text: str, raw: bytes) -> Frame | FrameError:
+def parse_frame(text: str, raw: bytes) -> Frame | FrameError:
     """Slow path, one frame, any line ends: each line is ``Key: value`` or ``Key:``."""
     headers: list[tuple[str, str]] = []
     for n, line in enumerate(text.lstrip("\r\n").split("\n"), 1):
-        if line.endswith("\r"):
-            line = line[:-1]
+        line = line.removesuffix("\r")
         key, sep, value = line.partition(": ")
         if not sep:
             if line.endswith(":"):
@@ -242,6 +301,47 @@ def _parse_frame(text: str, raw: bytes) -> Frame | FrameError:
             return FrameError(MALFORMED, f"line {n} has no header name: {line[:80]!r}", raw)
         headers.append((key, value))
     return tuple(headers)
+
+
+def split_frames(raw: bytes, sizes: list[int],
+                 max_frame_bytes: int = 1 << 20) -> list[tuple[int, Frame | FrameError]]:
+    """The frames of raw frames joined (a raw-topic message) as :meth:`AmiFramer.feed` reads
+    them, each with the index of the raw frame (of ``sizes`` bytes each) it came from.
+
+    A raw frame is usually one frame; one with bare-LF blank lines inside holds several, one of
+    blank lines only none. Raises ValueError when ``sizes`` do not add up to ``raw``.
+    """
+    if sum(sizes) != len(raw):
+        raise ValueError(f"frame sizes add up to {sum(sizes)} bytes, not {len(raw)}")
+    framer = AmiFramer(max_frame_bytes, banner=False)
+    items = framer.feed(raw) + framer.close()
+    if len(items) == len(sizes):
+        return list(enumerate(items))
+    out: list[tuple[int, Frame | FrameError]] = []
+    pos = 0
+    for i, size in enumerate(sizes):
+        framer = AmiFramer(max_frame_bytes, banner=False)
+        out += [(i, item) for item in framer.feed(raw[pos : pos + size]) + framer.close()]
+        pos += size
+    return out
+
+
+def read_frames(batch: AmiFrames, max_frame_bytes: int = 1 << 20
+                ) -> tuple[list[Envelope], list[tuple[int, FrameError]]]:
+    """A raw-topic message read: its frames as envelopes, and those that cannot be read with
+    their seq. Raises ValueError when the message does not hold the frames it numbers."""
+    seqs = batch.seqs
+    if len(batch.sizes) != len(seqs):
+        raise ValueError(f"{len(batch.sizes)} frame sizes for {len(seqs)} frames")
+    pbx, epoch, recv = batch.pbx_id, batch.epoch, batch.recv_time
+    envs: list[Envelope] = []
+    bad: list[tuple[int, FrameError]] = []
+    for i, item in split_frames(batch.raw, batch.sizes, max_frame_bytes):
+        if isinstance(item, FrameError):
+            bad.append((seqs[i], item))
+        else:
+            envs.append(Envelope(pbx, epoch, seqs[i], recv, item))
+    return envs, bad
 
 
 def quarantined(err: FrameError, pbx_id: str, received_at: float) -> Quarantined:

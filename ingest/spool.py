@@ -15,11 +15,13 @@ from typing import Any
 
 import msgspec
 
-Record = tuple[bytes, bytes, bytes, float]  # key, value, kind, timestamp
+from contracts.kafka import Message
+
+Record = Message  # key, value, kind, timestamp
 
 _LEN = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes, float])
+_decoder = msgspec.msgpack.Decoder(Message)
 
 
 class Spool:

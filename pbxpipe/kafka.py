@@ -50,10 +50,9 @@ _driver_log = logging.getLogger("aiokafka")
 if not any(isinstance(f, _OncePerKind) for f in _driver_log.filters):
     _driver_log.addFilter(_OncePerKind())
 
-# (key, value, kind, timestamp in epoch seconds): one message to produce
-Message = tuple[bytes, bytes, bytes, float]
+Message = k.Message
 
-__all__ = ["KafkaError", "Message", "ConsumerRecord", "TopicPartition"]
+__all__ = ["ConsumerRecord", "KafkaError", "Message", "TopicPartition"]
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -143,6 +142,7 @@ def make_consumer(settings: Settings, topic: str, group: str, listener: Any) -> 
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 << 20,
         fetch_max_bytes=64 << 20,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
     )

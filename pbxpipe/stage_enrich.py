@@ -1,7 +1,9 @@
 """enrich as a Kafka client: raw topic -> call records and legs on the records topic.
 
 Each partition is folded separately (:mod:`enrich.partition`); per partition it commits the first
-offset of the oldest call still open, after the records it emitted were acknowledged.
+offset of the oldest call still open, after the records it emitted were acknowledged. The raw
+topic carries frames as AMI sent them (:class:`contracts.envelope.AmiFrames`): they are read
+here, and a frame that cannot be read goes to the records topic as Quarantined, counted.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from aiokafka import AIOKafkaConsumer
 from contracts import kafka as k
 from contracts import metrics
 from contracts.config import Settings
-from contracts.envelope import envelope_decoder
+from contracts.envelope import envelope_decoder, frames_decoder
+from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
 from contracts.records import CallRecord, quarantined_decoder
 from enrich.calls import CallBuilder, Output
 from enrich.partition import PartitionEnricher
+from ingest.framing import quarantined, read_frames
 from pbxpipe import records_topic
 from pbxpipe.kafka import (
     ConsumerRecord,
@@ -68,6 +72,7 @@ class EnrichStage:
         self.events = 0
         self.last_input = clock()
         self._log = log.bind(stage=k.STAGE_ENRICH)
+        self._once = LogOnce(self._log)
         self._consumed = metrics.KAFKA_CONSUMED.labels(k.STAGE_ENRICH)
         self._commits = metrics.KAFKA_COMMITS.labels(k.STAGE_ENRICH)
         self._caught_up = False
@@ -143,6 +148,7 @@ class EnrichStage:
         outputs: list[Output] = []
         poison: list[Poison] = []
         total = 0
+        events = self.events
         for tp, records in fetched.items():
             pe = self.parts.get(tp)
             if pe is None:  # revoked while the fetch was in flight
@@ -151,7 +157,13 @@ class EnrichStage:
             for r in records:
                 kind = kind_of(r)
                 try:
+                    if kind == k.KIND_AMI:
+                        problem = self._fold_frames(pe, r, outputs)
+                        if problem:
+                            poison.append((r, k.DLQ_UNDECODABLE, problem))
+                        continue
                     if kind == k.KIND_ENVELOPE:
+                        self.events += 1
                         env = envelope_decoder.decode(r.value or b"")
                         outputs += pe.feed(r.offset, k.split_key(r.key)[1], env)
                         continue
@@ -165,7 +177,6 @@ class EnrichStage:
         if total:
             self.last_input = self.clock()
             self._consumed.inc(total)
-            self.events += total
             self.first_at = self.first_at or time.perf_counter()
         poison_guard(k.STAGE_ENRICH, len(poison), total, s.kafka_poison_ratio)
         now = self.clock()
@@ -178,7 +189,7 @@ class EnrichStage:
         self._caught_up = caught_up and not total
         if outputs:
             await send_until_acked(self.producer, s.kafka_records_topic,
-                                    [records_topic.message(o) for o in outputs], self._log)
+                                    records_topic.messages(outputs), self._log)
             self.emitted += len(outputs)
             self.last_at = time.perf_counter()
             calls = 0
@@ -186,7 +197,8 @@ class EnrichStage:
                 if isinstance(o, CallRecord):
                     calls += 1
                     metrics.ENRICH_CALLS.labels(o.pbx_id, o.status).inc()
-            self._log.info("records_emitted", records=len(outputs), calls=calls, events=total,
+            self._log.info("records_emitted", records=len(outputs), calls=calls,
+                           messages=total, events=self.events - events,
                            open_calls=self.open_calls)
         await self.dead.send(poison)
         try:
@@ -197,6 +209,29 @@ class EnrichStage:
             for pbx, b in pe.builders.items():
                 metrics.ENRICH_OPEN_CALLS.labels(pbx).set(b.open_calls)
         return total
+
+    def _fold_frames(self, pe: PartitionEnricher, r: ConsumerRecord[bytes, bytes],
+                     outputs: list[Output]) -> str:
+        """Fold a message of raw frames (KIND_AMI); returns what makes it poison, if anything."""
+        batch = frames_decoder.decode(r.value or b"")
+        self.events += len(batch.seqs)
+        if not batch.seqs:
+            pe.skip(r.offset)
+            return "no frames"
+        if not pe.accept(r.offset, batch.pbx_id, batch.epoch, batch.seqs[0]):
+            return ""  # folded already: a produce round sent twice
+        try:
+            envs, bad = read_frames(batch, self.settings.max_frame_bytes)
+        except ValueError as e:
+            return str(e)
+        for seq, err in bad:  # unreadable: kept, counted, logged once per kind
+            metrics.INGEST_QUARANTINED.labels(batch.pbx_id, err.reason).inc()
+            self._once.warning(err.reason, "frame_quarantined", detail=err.detail,
+                               raw_bytes=len(err.raw), pbx=batch.pbx_id, epoch=batch.epoch, seq=seq)
+            outputs.append(quarantined(err, batch.pbx_id, batch.recv_time))
+        outputs += pe.fold_frames(r.offset, k.split_key(r.key)[1], batch.pbx_id,
+                                  batch.recv_time, envs)
+        return ""
 
     async def run(self, stop: asyncio.Event, idle_exit: float | None = None) -> None:
         try:

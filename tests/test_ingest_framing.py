@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import typing
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from contracts.errors import FrameError
 from contracts.records import QuarantineReason
-from ingest.framing import AmiFramer, Frame, quarantined
+from ingest.framing import AmiFramer, Frame, quarantined, split_frames
 
 CAPTURE = Path(__file__).parent / "fixtures" / "asterisk"
 RAW = (CAPTURE / "ami_raw.log").read_bytes()
@@ -42,7 +43,7 @@ def _comparable(item: Frame | FrameError) -> Frame | tuple[str, bytes]:
 
 def cut(data: bytes, points: typing.Iterable[int]) -> list[bytes]:
     bounds = [0, *sorted(set(points)), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 WHOLE = frame_all([RAW])
@@ -179,7 +180,7 @@ def test_header_values_are_kept_exactly() -> None:
     ]
 
 
-@pytest.mark.parametrize("at", range(0, len(BANNER) + 3))
+@pytest.mark.parametrize("at", range(len(BANNER) + 3))
 def test_the_banner_is_recognised_even_split(at: int) -> None:
     """The first line of a connection is the banner, not a frame, wherever the read splits."""
     data = BANNER.encode() + b"\r\n" + GOOD
@@ -226,3 +227,43 @@ def test_the_line_memo_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch
         assert len(framing._LINES) <= 64
     finally:
         framing._LINES.reset()
+
+
+# ------------------------------------------------------------------ raw frames (for Kafka)
+
+_LINE = st.sampled_from(["Event: Newchannel", "Linkedid: 1.1", "Value: zażółć", "Key:", "junk",
+                         "Uniqueid: 1.2", "\r", "Message: a\rb"])
+_END = st.sampled_from(["\r\n\r\n", "\r\n\r\n", "\r\n\r\n", "\n\n", "\r\n\n", "\n\r\n",
+                        "\r\n\r\n\r\n", "\r\n\r\n\r\n\r\n"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(_LINE, min_size=1, max_size=4), _END), max_size=12),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=8), st.booleans())
+def test_raw_frames_read_back_as_the_frames_of_the_stream(frames, points, bad_utf8) -> None:
+    """Whatever the line ends and the reads: feed_raw's frames, joined, read back (split_frames)
+    as exactly the frames and errors feed gives for the stream, in order; with CRLF frames
+    only, their bytes are the stream's."""
+    text = "".join("\r\n".join(lines) + end for lines, end in frames)
+    data = BANNER.encode() + b"\r\n" + text.encode()
+    if bad_utf8:
+        data += b"Event: X\r\nName: \xff\r\n\r\n"
+    raw_framer = AmiFramer()
+    raw: list[bytes] = []
+    for chunk in cut(data, [p % (len(data) + 1) for p in points]):
+        got, errors = raw_framer.feed_raw(chunk)
+        assert errors == []
+        raw += got
+    assert raw_framer.close() == []
+    read = [_comparable(item) for _, item in split_frames(b"".join(raw), [len(r) for r in raw])]
+    assert [_no_blank_lines(x) for x in read] == [_no_blank_lines(x) for x in frame_all([data])]
+    if all(end == "\r\n\r\n" for _, end in frames):
+        assert b"".join(raw) == data[len(BANNER) + 2 :]
+
+
+def _no_blank_lines(item: Frame | tuple[str, bytes]) -> Frame | tuple[str, bytes]:
+    """An error's raw bytes may keep the blank lines before the frame (raw frames keep every
+    byte): the same frame either way."""
+    if isinstance(item[0], str):
+        return (item[0], item[1].lstrip(b"\r\n"))  # type: ignore[return-value]
+    return item

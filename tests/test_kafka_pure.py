@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts import kafka as k
-from contracts.envelope import Envelope
-from contracts.records import CallLeg, CallRecord, call_leg_decoder, call_record_decoder, record_encoder
+from contracts.envelope import LINKEDID_HEADERS, Envelope, frames_decoder
+from contracts.records import (
+    CallLeg,
+    CallRecord,
+    Quarantined,
+    call_leg_decoder,
+    call_record_decoder,
+    record_encoder,
+)
 from enrich.calls import CallBuilder
 from enrich.partition import PartitionEnricher
-from ingest.routing import CallRouter
+from ingest.capture import read_capture
+from ingest.framing import AmiFramer, Frame, quarantined, read_frames, split_frames
+from ingest.routing import CallBatcher, CallRouter
 from ingest.spool import Spool
 from simulator.server import SimulatorConfig, render
-from ingest.capture import read_capture
 
 
 def rec(n: int) -> tuple[bytes, bytes, bytes, float]:
@@ -62,14 +73,184 @@ def test_spool_cuts_a_torn_record_and_is_bounded(tmp_path: Path) -> None:
     spool.close()
 
 
+def raw(headers: Frame, end: str = "\r\n") -> bytes:
+    """A frame's bytes as AMI sends them (``end``: the line end)."""
+    return (end.join(f"{k}: {v}" for k, v in headers) + end + end).encode()
+
+
+def route(router: CallRouter, frame: bytes) -> bytes:
+    name = frame[7 : frame.find(b"\r\n", 7)] if frame.startswith(b"Event: ") else b""
+    return router.linkedid(frame, name)
+
+
 def test_router_keeps_a_calls_cdr_with_the_call() -> None:
-    """Cdr events without LinkedID are keyed by the call their party-A channel belongs to."""
-    r = CallRouter()
-    assert r.linkedid((("Event", "Newchannel"), ("Uniqueid", "1.5"), ("Linkedid", "1.1"))) == "1.1"
-    assert r.linkedid((("Event", "Cdr"), ("UniqueID", "1.5"))) == "1.1"
-    assert r.linkedid((("Event", "Cdr"), ("UniqueID", "1.5"), ("LinkedID", "1.1"))) == "1.1"
-    assert r.linkedid((("Event", "DialBegin"), ("DestLinkedid", "2.1"))) == "2.1"
-    assert r.linkedid((("Response", "Success"),)) == ""
+    """Cdr events without LinkedID are keyed by the call their party-A channel was created in;
+    the preferred Linkedid header wins; frames of no call have no key; bare-LF lines route alike."""
+    for end in ("\r\n", "\n"):
+        r = CallRouter()
+        assert route(r, raw((("Event", "Newchannel"), ("Uniqueid", "1.5"), ("Linkedid", "1.1")),
+                            end)) == b"1.1"
+        assert route(r, raw((("Event", "Cdr"), ("UniqueID", "1.5")), end)) == b"1.1"
+        assert route(r, raw((("Event", "Cdr"), ("UniqueID", "1.5"), ("LinkedID", "1.9")), end)) == b"1.9"
+        assert route(r, raw((("Event", "Cdr"), ("UniqueID", "7.7")), end)) == b"7.7"
+        assert route(r, raw((("Event", "DialBegin"), ("DestLinkedid", "2.1"), ("Linkedid", "3.1")),
+                            end)) == b"3.1"
+        assert route(r, raw((("Event", "DialBegin"), ("Linkedid", ""), ("DestLinkedid", "2.1")),
+                            end)) == b"2.1"
+        assert route(r, raw((("Response", "Success"), ("Linkedid", "1.1")), end)) == b""
+        assert route(r, raw((("Event", "PeerStatus"), ("Peer", "PJSIP/101")), end)) == b""
+
+
+def reference_linkedid(frame: Frame, channels: dict[str, str]) -> str:
+    """The routing rules over parsed headers, written plainly."""
+    if not frame or frame[0][0] != "Event":
+        return ""
+    h: dict[str, str] = {}
+    for key, value in frame:
+        if value:
+            h.setdefault(key, value)
+    best = next((h[n] for n in LINKEDID_HEADERS if h.get(n)), "")
+    if frame[0][1] == "Cdr":
+        uid = dict(frame).get("UniqueID")
+        return best or ("" if uid is None else channels.get(uid, uid))
+    uid = [v for key, v in frame if key == "Uniqueid"]
+    if best and uid and uid[-1] and frame[0][1] == "Newchannel":
+        channels.setdefault(uid[-1], best)
+    return best
+
+
+def test_raw_routing_equals_the_rules_over_parsed_headers() -> None:
+    """Every frame of the captured Asterisk and of a simulated PBX gets the key the routing
+    rules give over its parsed headers, though ingest never parses it."""
+    captures = [REAL_CAPTURE, render(SimulatorConfig(total_calls=300, seed=4)).capture]
+    for capture in captures:
+        framer = AmiFramer()
+        frames, errors = framer.feed_raw(capture)
+        assert not errors
+        router, channels = CallRouter(), {}
+        batcher = CallBatcher("pbx1", router=router)
+        parsed = [item for _, item in split_frames(b"".join(frames), [len(f) for f in frames])]
+        assert len(parsed) == len(frames)
+        for frame, headers in zip(frames, parsed):
+            assert isinstance(headers, tuple)
+            want = reference_linkedid(headers, channels).encode()
+            assert route(router, frame) == want, headers
+        assert channels  # Newchannels were seen
+        batcher.add(1, 1, frames, 0.0)  # the batcher's inline routing agrees too
+        by_key: dict[bytes, list[int]] = {}
+        for key, value, *_ in batcher.take():  # a big group comes in several messages
+            by_key.setdefault(key, []).extend(frames_decoder.decode(value).seqs)
+        again = CallRouter()
+        assert by_key == _group(b"pbx1:" + route(again, f) for f in frames)
+
+
+def _group(keys: Iterator[bytes]) -> dict[bytes, list[int]]:
+    out: dict[bytes, list[int]] = {}
+    for seq, key in enumerate(keys, 1):
+        out.setdefault(key, []).append(seq)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=30),
+       st.integers(min_value=1, max_value=4))
+def test_the_raw_topic_carries_the_exact_bytes_and_grows_per_partition(cuts: list[int],
+                                                                        reads: int) -> None:
+    """Any reads, any rounds: the messages hold every frame once, numbered 1..N, whose bytes in
+    seq order are the capture after its banner; along each key, (epoch, first seq) grows."""
+    capture = CAPTURE.capture
+    framer = AmiFramer()
+    batcher = CallBatcher("pbx1", max_message_bytes=2000)  # small: big calls are split too
+    messages: list[k.Message] = []
+    pos, seq, n = 0, 1, 0
+    step = max(len(capture) // (reads * 50), 1)
+    while pos < len(capture):
+        size = cuts[n % len(cuts)] * step // 1000 + 1
+        frames, errors = framer.feed_raw(capture[pos : pos + size])
+        assert not errors
+        batcher.add(7, seq, frames, float(n))
+        seq += len(frames)
+        pos += size
+        n += 1
+        if n % reads == 0:
+            messages += batcher.take()
+    messages += batcher.take()
+    got: dict[int, bytes] = {}
+    last: dict[bytes, tuple[int, int]] = {}
+    for key, value, kind, _ in messages:
+        assert kind == k.KIND_AMI
+        batch = frames_decoder.decode(value)
+        assert (batch.epoch, batch.seqs[0]) > last.get(key, (0, 0))
+        last[key] = (batch.epoch, batch.seqs[0])
+        at = 0
+        for s_, size in zip(batch.seqs, batch.sizes):
+            assert s_ not in got
+            got[s_] = batch.raw[at : at + size]
+            at += size
+        assert at == len(batch.raw)
+    assert sorted(got) == list(range(1, seq))
+    assert b"".join(got[s_] for s_ in sorted(got)) == capture[capture.find(b"\n") + 1 :]
+
+
+def _messages(capture: bytes, round_frames: int = 400) -> list[k.Message]:
+    framer = AmiFramer()
+    batcher = CallBatcher("pbx1")
+    frames, _ = framer.feed_raw(capture)
+    out: list[k.Message] = []
+    for i in range(0, len(frames), round_frames):
+        batcher.add(3, i + 1, frames[i : i + round_frames], float(i))
+        out += batcher.take()
+    return out
+
+
+def _fold_messages(pe: PartitionEnricher, messages: list[k.Message]) -> list[object]:
+    out: list[object] = []
+    for offset, (key, value, _, _) in enumerate(messages):
+        batch = frames_decoder.decode(value)
+        if pe.accept(offset, batch.pbx_id, batch.epoch, batch.seqs[0]):
+            envs, bad = read_frames(batch)
+            out += [quarantined(e, batch.pbx_id, batch.recv_time) for _, e in bad]
+            out += pe.fold_frames(offset, k.split_key(key)[1], batch.pbx_id, batch.recv_time, envs)
+    return out + [o for b in pe.builders.values() for o in b.flush()]
+
+
+def test_a_resent_round_of_messages_is_folded_once() -> None:
+    """A produce round sent again (after a timeout, from the spool) brings the same messages:
+    they are skipped, and the records are those of one delivery."""
+    messages = _messages(CAPTURE.capture)
+    once = _final(_fold_messages(_enricher(), messages))
+    assert len(once) == 60
+    pe = _enricher()
+    twice = _fold_messages(pe, messages[:50] + messages[20:50] + messages[50:])
+    assert pe.duplicates == 30
+    assert _final(twice) == once
+
+
+def test_a_malformed_frame_is_quarantined_and_the_rest_of_its_call_built() -> None:
+    """A frame that is not 'Key: value' lines and one that is not UTF-8, inside a call's
+    message: each becomes a Quarantined record (reason, raw kept); the call is still built."""
+    good = _final(_fold_messages(_enricher(), _messages(CAPTURE.capture)))
+    marker = b"\r\nEvent: Hangup\r\n"
+    at = CAPTURE.capture.find(marker) + 2
+    bad = b"Event: Newexten\r\nLinkedid: 1767600000.0\r\nthis is no header\r\n\r\n" \
+          b"Event: VarSet\r\nLinkedid: 1767600000.0\r\nValue: \xff\xfe\r\n\r\n"
+    out = _fold_messages(_enricher(), _messages(CAPTURE.capture[:at] + bad + CAPTURE.capture[at:]))
+    quarantine = [o for o in out if isinstance(o, Quarantined)]
+    assert sorted(q.reason for q in quarantine) == ["invalid_utf8", "malformed_frame"]
+    assert "this is no header" in quarantine[0].raw + quarantine[1].raw
+    assert _final(out) == good
+
+
+def test_a_message_that_does_not_hold_its_frames_is_refused() -> None:
+    """Sizes that do not add up, or fewer sizes than numbers: read_frames raises (the stage
+    dead-letters the message as undecodable)."""
+    batch = frames_decoder.decode(_messages(CAPTURE.capture)[0][1])
+    with pytest.raises(ValueError, match="add up"):
+        read_frames(msgspec.structs.replace(batch, raw=batch.raw[:-1]))
+    with pytest.raises(ValueError, match="sizes for"):
+        read_frames(msgspec.structs.replace(batch, sizes=batch.sizes[1:]))
+    with pytest.raises(msgspec.DecodeError):
+        frames_decoder.decode(b"\xc1 not msgpack")
 
 
 def test_records_round_trip_through_msgpack() -> None:
@@ -99,6 +280,7 @@ def _fold(capture: bytes) -> list[object]:
     return out + list(builder.flush())
 
 
+REAL_CAPTURE = (Path(__file__).parent / "fixtures" / "asterisk" / "ami_raw.log").read_bytes()
 CAPTURE = render(SimulatorConfig(total_calls=60, seed=9, calls_per_second=5.0, max_concurrency=100))
 
 
@@ -109,7 +291,7 @@ def _envelopes() -> list[tuple[str, Envelope]]:
     with tempfile.NamedTemporaryFile() as f:
         f.write(CAPTURE.capture)
         f.flush()
-        return [(router.linkedid(e.headers), e) for e in read_capture(f.name, "pbx1")
+        return [(route(router, raw(e.headers)).decode(), e) for e in read_capture(f.name, "pbx1")
                 if isinstance(e, Envelope)]
 
 
