@@ -18,6 +18,10 @@ HangupBy = Literal["caller", "callee", ""]
 EXTERNAL = "external"
 """``first/last_answered_by`` of an outbound call answered by the far end."""
 
+MONEY_PRECISION, MONEY_SCALE = 18, 4
+"""Digits of every money field (ClickHouse ``Decimal(18, 4)``; the records topic's Arrow
+``decimal128(18, 4)``)."""
+
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One call, however many channels, legs and Asterisk CDR rows it had."""
@@ -109,8 +113,9 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     raw: str  # the frame as text; undecodable bytes are backslash-escaped
 
 
-# Kafka payloads (the records topic): msgpack, one Struct per message; the message's kind header
-# (contracts.kafka) says which.
+# One Struct per message, msgpack: quarantined frames on the raw topic; on the records topic what
+# enrich sent before it sent Arrow batches (pbxpipe.records_topic), still read. The message's kind
+# header (contracts.kafka) says which.
 record_encoder = msgspec.msgpack.Encoder()
 call_record_decoder = msgspec.msgpack.Decoder(CallRecord)
 call_leg_decoder = msgspec.msgpack.Decoder(CallLeg)

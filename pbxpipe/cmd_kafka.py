@@ -142,7 +142,7 @@ def _rate(settings: Settings, profile: PbxProfile) -> Callable[[Any], Any] | Non
     return stage.rate if stage is not None else None
 
 
-def _spend_watch(settings: Settings, store: Any) -> Callable[[str, list[Any]], None] | None:
+def _spend_watch(settings: Settings, store: Any) -> Callable[[str, Any], None] | None:
     """Unusual-traffic alerts over the call rows once they are stored (None with tariffs off)."""
     from pbxpipe.rating import rating_stage
     from store.schema import TARIFF_ALERTS, batch_token
@@ -151,10 +151,10 @@ def _spend_watch(settings: Settings, store: Any) -> Callable[[str, list[Any]], N
     if stage is None:
         return None
 
-    def observe(table: str, rows: list[Any]) -> None:
+    def observe(table: str, rows: Any) -> None:  # an Arrow table of the stored rows
         if table != "calls":
             return
-        alerts = [a for r in rows for a in stage.observe(r)]
+        alerts = stage.observe_table(rows)
         if alerts:
             store.write_structs(TARIFF_ALERTS, alerts, batch_token("tariff_alerts", alerts))
 

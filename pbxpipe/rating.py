@@ -141,7 +141,29 @@ class RatingStage:
     def observe(self, record: CallRecord) -> list[TariffAlert]:
         if record.rating:
             metrics.TARIFF_RATED_CALLS.labels(record.pbx_id, record.rating).inc()
-        alerts = self.watch.observe(record)
+        return self._raised(self.watch.observe(record))
+
+    def observe_table(self, calls: Any) -> list[TariffAlert]:
+        """:meth:`observe` over a batch of stored call rows as Arrow (pbxpipe.records_topic):
+        the outcomes counted in one pass; only the calls the spend rule watches become records."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from pbxpipe import records_topic
+
+        rated = calls.filter(pc.not_equal(calls["rating"], ""))
+        for row in rated.group_by(["pbx_id", "rating"]).aggregate([([], "count_all")]).to_pylist():
+            metrics.TARIFF_RATED_CALLS.labels(row["pbx_id"], row["rating"]).inc(row["count_all"])
+        rule = self.watch.rule
+        if not rule.enabled:
+            return []
+        watched = calls.filter(pc.and_(
+            pc.equal(calls["direction"], "outbound"),
+            pc.is_in(calls["destination_category"], value_set=pa.array(sorted(rule.categories)))))
+        return [a for r in records_topic.records(records_topic.CALLS, watched)
+                for a in self._raised(self.watch.observe(r))]
+
+    def _raised(self, alerts: list[TariffAlert]) -> list[TariffAlert]:
         for a in alerts:
             metrics.TARIFF_ALERTS.labels(a.pbx_id, a.scope, a.kind).inc()
             log.warning("traffic_alert_raised", pbx=a.pbx_id, scope=a.scope, key=a.key,

@@ -1,8 +1,9 @@
 """store as a Kafka client: records topic -> ClickHouse.
 
-Batches close on size or age; each insert carries deduplication tokens named by its offset
-ranges; offsets are committed after ClickHouse acknowledged; fetching pauses while ClickHouse is
-down, and nothing is dropped.
+Each message is a batch of rows as Arrow (pbxpipe.records_topic), checked against its schema and
+inserted as Arrow columns, never one Python object per row. Batches close on size (rows) or age;
+each insert carries deduplication tokens named by its offset ranges; offsets are committed after
+ClickHouse acknowledged; fetching pauses while ClickHouse is down, and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
+import pyarrow as pa  # type: ignore[import-untyped]
 import structlog
 from aiokafka import AIOKafkaConsumer
 
@@ -32,6 +33,7 @@ from pbxpipe.kafka import (
     make_consumer,
     make_producer,
 )
+from pbxpipe.records_topic import Kind, RecordsError
 from pbxpipe.stages import (
     Poison,
     Rebalance,
@@ -40,8 +42,11 @@ from pbxpipe.stages import (
     observe_lag,
     poison_guard,
 )
+from store import schema
 
 log = structlog.get_logger("pbxpipe.stage_store")
+
+_TABLES = {t.name: t for t in schema.TABLES}
 
 
 class StoreStage:
@@ -49,11 +54,11 @@ class StoreStage:
 
     def __init__(self, settings: Settings, store: Any, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_written: Callable[[str, list[Any]], None] | None = None) -> None:
+                 on_written: Callable[[str, pa.Table], None] | None = None) -> None:
         self.settings = settings
-        self.store = store  # ClickHouseStore or anything with write_calls/write_legs/write_quarantine
+        self.store = store  # ClickHouseStore or anything with write_arrow/write_quarantine
         self.clock = clock
-        self.on_written = on_written
+        self.on_written = on_written  # (table name, the rows inserted) after each acknowledged insert
         self.consumer: AIOKafkaConsumer = make_consumer(
             settings, settings.kafka_records_topic, settings.kafka_store_group,
             Rebalance(self._on_revoked, self._on_assigned))
@@ -61,9 +66,10 @@ class StoreStage:
         self.dead = DeadLetters(self.producer, settings.kafka_dead_letter_topic, k.STAGE_STORE)
         self.rows = 0
         self.last_input = time.time()
-        self._tables: dict[str, list[Any]] = {"calls": [], "call_legs": [], "quarantine": []}
+        self._tables: dict[Kind, list[pa.Table]] = {kind: [] for kind in records_topic.KINDS}
         self._ranges: dict[TopicPartition, tuple[int, int]] = {}  # first, last offset pending
-        self._pending = 0
+        self._pending = 0  # rows
+        self._rows_per_message = 1.0  # in the last fetch
         self._opened_at = 0.0
         self._caught_up = False
         self._flushing = False
@@ -86,10 +92,10 @@ class StoreStage:
 
     @property
     def idle(self) -> bool:
-        return self._caught_up and not self._pending
+        return self._caught_up and not self._ranges
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self._pending and not self._flushing:
+        if self._ranges and not self._flushing:
             try:
                 await self._flush(retry=False)
             except (StoreError, KafkaError) as e:
@@ -113,13 +119,11 @@ class StoreStage:
                                                    key=lambda x: (x[0].topic, x[0].partition)))
         return f"{table}:{ranges}"
 
-    def _write(self, table: str, rows: list[Any], token: str) -> None:
-        if table == "calls":
-            self.store.write_calls(rows, token)
-        elif table == "call_legs":
-            self.store.write_legs(rows, token)
+    def _write(self, kind: Kind, data: pa.Table, token: str) -> None:
+        if kind is records_topic.QUARANTINE:  # rare, and its rows need an id: computed per item
+            self.store.write_quarantine(records_topic.records(kind, data), token)
         else:
-            self.store.write_quarantine(rows, token)
+            self.store.write_arrow(_TABLES[kind.table], data, token)
 
     async def _flush(self, *, retry: bool = True) -> None:
         """Insert the pending batch (every table), then commit its offsets. While ClickHouse is
@@ -128,12 +132,12 @@ class StoreStage:
         paused = False
         started = time.perf_counter()
         self._flushing = True
+        batch = {kind: pa.concat_tables(tables) for kind, tables in self._tables.items() if tables}
         try:
             while True:
                 try:
-                    for table, rows in self._tables.items():
-                        if rows:
-                            await asyncio.to_thread(self._write, table, rows, self._token(table))
+                    for kind, data in batch.items():
+                        await asyncio.to_thread(self._write, kind, data, self._token(kind.table))
                     break
                 except StoreError as e:
                     if not retry:
@@ -154,60 +158,76 @@ class StoreStage:
             if paused:
                 self.consumer.resume(*self.consumer.assignment())
                 metrics.STORE_PAUSED.set(0)
+        calls = batch.get(records_topic.CALLS)
+        if calls is not None:
+            metrics.observe_many(metrics.STORE_CALL_LATENCY,
+                                 time.time() - calls.column("end").to_numpy())
         if self.on_written:
-            for table, rows in self._tables.items():
-                if rows:
-                    self.on_written(table, rows)
+            for kind, data in batch.items():
+                self.on_written(kind.table, data)
         offsets = {tp: last + 1 for tp, (_, last) in self._ranges.items()}
         try:
             await self.consumer.commit(offsets)
             self._commits.inc()
         except KafkaError as e:  # rebalanced meanwhile: the next owner inserts again (deduplicated)
             self._log.warning("commit_failed", error=str(e) or type(e).__name__)
+        n_calls = 0 if calls is None else calls.num_rows
+        legs = batch.get(records_topic.LEGS)
         self.rows += self._pending
-        self.calls += len(self._tables["calls"])
+        self.calls += n_calls
         self.last_at = time.perf_counter()
-        self._log.info("batch_flushed", rows=self._pending,
-                       calls=len(self._tables["calls"]), legs=len(self._tables["call_legs"]),
+        self._log.info("batch_flushed", rows=self._pending, calls=n_calls,
+                       legs=0 if legs is None else legs.num_rows,
                        seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1)
         self._drop_pending()
 
     async def step(self) -> int:
         s = self.settings
         due = 0.1
-        if self._pending:
+        if self._ranges:
             due = max(0.0, min(due, self._opened_at + s.batch_age_s - self.clock()))
+        # a message holds one row (older enrich) up to records_topic.MESSAGE_ROWS: fetch about
+        # what fills the batch, so batches stay near batch_rows rows
+        room = max(s.batch_rows - self._pending, 1) / self._rows_per_message
         fetched = await self.consumer.getmany(timeout_ms=int(due * 1000),
-                                              max_records=s.kafka_poll_records)
+                                              max_records=max(1, min(s.kafka_poll_records, int(room))))
         observe_lag(self.consumer, k.STAGE_STORE, fetched)
         poison: list[Poison] = []
         total = 0
+        pending = self._pending
         for tp, records in fetched.items():
             if not records:
                 continue
             total += len(records)
+            if not self._ranges:
+                self._opened_at = self.clock()
             for r in records:
-                entry = records_topic.DECODERS.get(kind_of(r))
-                if entry is None:
-                    poison.append((r, k.DLQ_UNKNOWN_KIND, f"kind header {kind_of(r)!r}"))
+                header = kind_of(r)
+                kind = records_topic.BY_MESSAGE_KIND.get(header)
+                if kind is None:
+                    poison.append((r, k.DLQ_UNKNOWN_KIND, f"kind header {header!r}"))
                     continue
                 try:
-                    self._tables[entry[0]].append(entry[1].decode(r.value or b""))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    if header == kind.batch_kind:
+                        data = records_topic.decode(kind, r.value or b"")
+                    else:
+                        data = records_topic.decode_record(kind, r.value or b"")
+                except RecordsError as e:
                     poison.append((r, k.DLQ_UNDECODABLE, str(e)))
+                    continue
+                self._tables[kind].append(data)
+                self._pending += data.num_rows
             first = self._ranges.get(tp, (records[0].offset, 0))[0]
             self._ranges[tp] = (first, records[-1].offset)
-            if not self._pending:
-                self._opened_at = self.clock()
-            self._pending += len(records)
         if total:
+            self._rows_per_message = max(1.0, (self._pending - pending) / total)
             self.last_input = time.time()
             self._consumed.inc(total)
             self.first_at = self.first_at or time.perf_counter()
         self._caught_up = not total
         poison_guard(k.STAGE_STORE, len(poison), total, s.kafka_poison_ratio)
         await self.dead.send(poison)
-        if self._pending and (self._pending >= s.batch_rows
+        if self._ranges and (self._pending >= s.batch_rows
                               or self.clock() - self._opened_at >= s.batch_age_s):
             await self._flush()
         return total
@@ -222,7 +242,7 @@ class StoreStage:
                     self._log.info("store_idle", seconds=idle_exit)
                     return
         finally:
-            if self._pending:
+            if self._ranges:
                 with contextlib.suppress(StoreError, KafkaError):
                     await self._flush(retry=False)
             self._log.info("store_stopped", rows=self.rows, calls=self.calls,

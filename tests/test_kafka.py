@@ -51,7 +51,7 @@ def stage_env(bootstrap: str, tmp: Path, **extra: str) -> dict[str, str]:
         "PBXPIPE_KAFKA_IDEMPOTENCE": "false",  # Tansu's memory storage rejects idempotent producers
         "PBXPIPE_KAFKA_PARTITIONS": "4", "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp / "spool"),
         "PBXPIPE_CLICKHOUSE_DSN": f"chdb:///{tmp / 'ch'}", "PBXPIPE_BATCH_AGE_S": "0.3",
-        "PBXPIPE_KAFKA_POLL_RECORDS": "5000",
+        "PBXPIPE_KAFKA_POLL_RECORDS": "150",  # messages of ~30 frames: a stream of many steps
     }
     env.update(extra)
     return env
@@ -247,13 +247,9 @@ class FlakyStore:
             self.failures += 1
             raise StoreUnavailable("ClickHouse unavailable: connection refused (test)")
 
-    def write_calls(self, rows: list[CallRecord], token: str) -> int:
+    def write_arrow(self, table: Any, data: Any, token: str) -> int:
         self._check()
-        return self.real.write_calls(rows, token)  # type: ignore[no-any-return]
-
-    def write_legs(self, rows: list[CallLeg], token: str) -> int:
-        self._check()
-        return self.real.write_legs(rows, token)  # type: ignore[no-any-return]
+        return self.real.write_arrow(table, data, token)  # type: ignore[no-any-return]
 
     def write_quarantine(self, rows: list[Quarantined], token: str) -> int:
         self._check()
