@@ -81,13 +81,20 @@ def run(
         store = open_store(settings)
         if ops:
             ops.readiness = all_of(ami_ready(settings.pbx_id), store_ready())
-        if settings.kafka_bootstrap:  # the three stages through Kafka (pbxpipe/cmd_kafka.py)
-            from pbxpipe.cmd_kafka import run_via_kafka
+        from pbxpipe.recordings import start_background
 
-            asyncio.run(run_via_kafka(settings, profile, store, idle_exit))
-            return
-        pipeline = LivePipeline(settings, profile, store)
-        asyncio.run(pipeline.run(idle_exit=idle_exit))
+        recordings = start_background(settings, store)  # the passes of `recordings watch`
+        try:
+            if settings.kafka_bootstrap:  # the three stages through Kafka (pbxpipe/cmd_kafka.py)
+                from pbxpipe.cmd_kafka import run_via_kafka
+
+                asyncio.run(run_via_kafka(settings, profile, store, idle_exit))
+            else:
+                pipeline = LivePipeline(settings, profile, store)
+                asyncio.run(pipeline.run(idle_exit=idle_exit))
+        finally:
+            if recordings:
+                recordings.stop()
     except AmiAuthError as e:
         _fail(str(e), 2)
     except PbxPipeError as e:

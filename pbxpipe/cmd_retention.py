@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 import time
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError
 from pbxpipe.cli import _fail, _parse_time, _zone  # one flag grammar for every command
 
-Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
-Objects = Annotated[Optional[str], typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
+Dsn = Annotated[str | None, typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
+Objects = Annotated[str | None, typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
 
 recordings_app = typer.Typer(no_args_is_help=True, help="Call recordings in object storage.")
 retention_app = typer.Typer(no_args_is_help=True, help="Retention policies, expiry and legal holds.")
@@ -58,7 +60,7 @@ def _echo_json(data: Any) -> None:
 @recordings_app.command("url")
 def recordings_url(
     call_id: Annotated[str, typer.Argument(help="The call id (<pbx>:<linkedid>).")],
-    ttl: Annotated[Optional[int], typer.Option(help="Seconds the link works [PBXPIPE_RECORDINGS_URL_TTL_S] (900).")] = None,
+    ttl: Annotated[int | None, typer.Option(help="Seconds the link works [PBXPIPE_RECORDINGS_URL_TTL_S] (900).")] = None,
     clickhouse: Dsn = None,
     object_store: Objects = None,
 ) -> None:
@@ -77,11 +79,76 @@ def recordings_url(
         _fail(str(e))
 
 
+Spool = Annotated[str | None, typer.Option("--spool", help="The PBX's recording directory, mounted here [PBXPIPE_RECORDINGS_SPOOL].")]
+Lookback = Annotated[float | None, typer.Option(help="Calls this recent [PBXPIPE_RECORDINGS_SYNC_LOOKBACK_DAYS] (7).")]
+MaxFiles = Annotated[int | None, typer.Option(help="Uploads per pass at most [PBXPIPE_RECORDINGS_SYNC_MAX_FILES] (1000).")]
+
+
+def _recordings_sync(settings: Settings) -> Any:
+    from pbxpipe.recordings import recordings_sync
+
+    if not settings.recordings_spool:
+        _fail("no recording spool: set PBXPIPE_RECORDINGS_SPOOL (or --spool) to the PBX's "
+              "recording directory as mounted here")
+    store, objects = _open(settings)
+    return recordings_sync(settings, store, objects)
+
+
+@recordings_app.command("sync")
+def recordings_sync_once(clickhouse: Dsn = None, object_store: Objects = None, spool: Spool = None,
+                         lookback_days: Lookback = None, max_files: MaxFiles = None) -> None:
+    """One pass: upload the recordings of stored calls that are not linked yet (idempotent)."""
+    settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store,
+                         recordings_spool=spool, recordings_sync_lookback_days=lookback_days,
+                         recordings_sync_max_files=max_files)
+    try:
+        result = _recordings_sync(settings).run_pass()
+    except PbxPipeError as e:
+        _fail(str(e))
+    typer.echo(f"{result.uploaded} uploaded, {result.pending} pending, {result.missing} missing, "
+               f"{result.failed} failed ({result.calls} calls looked at)"
+               + (", more ready: run again" if result.more else ""))
+    if result.aborted:
+        _fail(result.aborted)
+
+
+@recordings_app.command("watch")
+def recordings_watch(
+    clickhouse: Dsn = None, object_store: Objects = None, spool: Spool = None,
+    lookback_days: Lookback = None, max_files: MaxFiles = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between passes [PBXPIPE_RECORDINGS_SYNC_INTERVAL_S] (10).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics, /healthz, /readyz here [PBXPIPE_METRICS_PORT].")] = None,
+    log_format: Annotated[str | None, typer.Option(help="auto | json | console [PBXPIPE_LOG_FORMAT].")] = None,
+) -> None:
+    """The recordings service: a pass every few seconds until stopped (SIGTERM)."""
+    import signal
+    import threading
+
+    from pbxpipe.cli import _settings as settings_of
+    from pbxpipe.ops import start_ops
+
+    settings = settings_of(clickhouse_dsn=clickhouse, object_store=object_store,
+                           recordings_spool=spool, recordings_sync_lookback_days=lookback_days,
+                           recordings_sync_max_files=max_files, recordings_sync_interval_s=interval,
+                           metrics_port=metrics_port, log_format=log_format)
+    ops = start_ops(settings, "recordings")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        sync = _recordings_sync(settings)
+    except PbxPipeError as e:
+        _fail(str(e))
+    if ops:
+        ops.readiness = sync.readiness
+    sync.watch(stop)
+
+
 @retention_app.command("set")
 def retention_set(
     customer: Annotated[str, typer.Option(help="Customer (PBX id).")],
     call_days: Annotated[int, typer.Option(help="Days call records live.")],
-    recording_days: Annotated[Optional[int], typer.Option(help="Days recordings live (<= call days).")] = None,
+    recording_days: Annotated[int | None, typer.Option(help="Days recordings live (<= call days).")] = None,
     clickhouse: Dsn = None,
 ) -> None:
     """Give a customer its own retention (takes effect with `retention apply`)."""
@@ -150,6 +217,43 @@ def retention_hold(
     typer.echo(f"hold {hold.hold_id}: {kind.value} {value} ({copied} rows kept aside)")
 
 
+@retention_app.command("holds")
+def retention_holds(
+    json_: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+    clickhouse: Dsn = None,
+) -> None:
+    """List the legal holds in force: id, kind, value, since, who, reason."""
+    from pbxpipe.pipeline import open_store
+    from retention.jobs import active_holds
+
+    settings = _settings(clickhouse_dsn=clickhouse)
+    try:
+        holds = active_holds(open_store(settings))
+    except PbxPipeError as e:
+        _fail(str(e))
+    if json_:
+        _echo_json([{**msgspec.structs.asdict(h), "created_at": _iso(h.created_at)} for h in holds])
+        return
+    if not holds:
+        typer.echo("no legal holds")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(holds)} legal holds")
+    for col in ("hold", "kind", "value", "since (UTC)", "by", "reason"):
+        table.add_column(col)
+    for h in holds:
+        table.add_row(h.hold_id, h.kind, h.value, _iso(h.created_at), h.created_by, h.reason)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
 @retention_app.command("release")
 def retention_release(hold_id: str, clickhouse: Dsn = None, object_store: Objects = None) -> None:
     """Release a legal hold."""
@@ -210,7 +314,7 @@ def export(
     since: Annotated[str, typer.Option(help="From (ISO date/time, in --tz unless it has an offset).")],
     until: Annotated[str, typer.Option(help="Until, exclusive.")],
     to: Annotated[str, typer.Option("--to", help="Directory or s3://bucket/prefix.")],
-    customer: Annotated[Optional[str], typer.Option(help="Only this customer (PBX id).")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer (PBX id).")] = None,
     format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.csv,
     tz: Annotated[str, typer.Option(help="Time zone of --since/--until and of the *_local columns.")] = "UTC",
     clickhouse: Dsn = None,
@@ -242,7 +346,7 @@ def export(
 def erase(
     number: Annotated[str, typer.Option(help="The phone number or extension to erase.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, change nothing (audited).")] = False,
-    actor: Annotated[Optional[str], typer.Option(help="Who asks (audit); default the OS user.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who asks (audit); default the OS user.")] = None,
     clickhouse: Dsn = None,
     object_store: Objects = None,
 ) -> None:

@@ -25,7 +25,7 @@ from contracts.records import CallLeg, CallRecord, Quarantined
 from enrich.calls import CallBuilder, Output
 from ingest.capture import read_capture
 from pbxpipe.rating import RatingStage, rating_stage
-from retention.uploader import recordings_stage
+from pbxpipe.recordings import recordings_sync
 from store.batching import Batcher
 from store.clickhouse import ClickHouseStore
 from store.schema import TARIFF_ALERTS, batch_token
@@ -118,14 +118,17 @@ def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
            store: ClickHouseStore | None = None) -> dict[str, int]:
     """Feed raw AMI captures through the same core and sink; returns counts."""
     store = store or open_store(settings)
-    recordings = recordings_stage(settings, store)  # recordings: after a call, its files
     rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
-    sink = Sink(store, settings, on_record=recordings.submit if recordings else None, rating=rating)
+    sink = Sink(store, settings, rating=rating)
     builder = new_builder(settings, profile, rating)
     counts = {"frames": 0, "calls": 0, "legs": 0, "quarantined": 0}
+    first_start = float("inf")
 
     def take(outputs: list[Output]) -> None:
+        nonlocal first_start
         for o in outputs:
+            if isinstance(o, CallRecord):
+                first_start = min(first_start, o.start)
             counts["calls" if isinstance(o, CallRecord) else
                    "legs" if isinstance(o, CallLeg) else "quarantined"] += 1
             sink.add(o)
@@ -141,8 +144,10 @@ def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
             sink.write_all(sink.ready())
     take(builder.flush())
     sink.write_all(sink.ready(flush=True))
-    if recordings:
-        recordings.close()
+    # recordings: the same pass as `pbxpipe recordings sync`, over the replayed calls' time range
+    recordings = recordings_sync(settings, store)
+    if recordings and counts["calls"]:
+        recordings.settle(since=first_start)
     for reason, n in builder.rejected.items():
         metrics.ENRICH_REJECTED.labels(settings.pbx_id, reason).inc(n)
     return counts
@@ -160,9 +165,6 @@ class LivePipeline:
         self.clock = clock
         rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
         self.builder = new_builder(settings, profile, rating)
-        self.recordings = None if on_record else recordings_stage(settings, store)
-        if self.recordings:
-            on_record = self.recordings.submit
         self.sink = Sink(store, settings, on_record=on_record, rating=rating)
         self.queue: asyncio.Queue[Envelope | Quarantined] = asyncio.Queue(settings.queue_size)
         self._overflow: deque[Envelope | Quarantined] = deque()
@@ -239,7 +241,5 @@ class LivePipeline:
             for o in self.builder.flush():
                 self.sink.add(o)
             await asyncio.to_thread(self.sink.write_all, self.sink.ready(flush=True))
-            if self.recordings:
-                await asyncio.to_thread(self.recordings.close)
             for reason, n in self.builder.rejected.items():
                 metrics.ENRICH_REJECTED.labels(self.settings.pbx_id, reason).inc(n)

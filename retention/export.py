@@ -88,7 +88,7 @@ class _Writer:
                 import pyarrow.csv as pcsv
 
                 self._w = pcsv.CSVWriter(str(self.path), batch.schema)
-        self._w.write_batch(batch) if self.fmt == "csv" else self._w.write_batch(batch)
+        self._w.write_batch(batch)
 
     def close(self, empty_schema: pa.Schema | None) -> None:
         if self._w is None:  # no rows: still a valid, empty file with a header

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
@@ -151,8 +152,16 @@ class SpoolObservation(msgspec.Struct, frozen=True):
     since: float
 
 
-def observe(prev: SpoolObservation | None, size: int, now: float) -> SpoolObservation:
-    """Fold one look at the file in: the ``since`` clock restarts whenever the size changes."""
+def observe(prev: SpoolObservation | None, size: int, now: float,
+            mtime: float | None = None) -> SpoolObservation:
+    """Fold one look at the file in: the ``since`` clock restarts whenever the size changes.
+
+    On the first look the file's modification time stands for the last change (every write by
+    MixMonitor moves it), so a file closed long ago is complete at once instead of after
+    ``stable_s`` of watching; a clock ahead of ours (an NFS server's) counts from now.
+    """
+    if prev is None and size >= 0 and mtime is not None:
+        return SpoolObservation(size, min(mtime, now))
     if prev is None or prev.size != size:
         return SpoolObservation(size, now)
     return prev
@@ -166,3 +175,44 @@ def readiness(obs: SpoolObservation, now: float, *, stable_s: float, missing_s: 
     if obs.size < 0:
         return "missing" if now - first_seen >= missing_s else "wait"
     return "ready" if now - obs.since >= stable_s else "wait"
+
+
+# -- the recordings pass: which stored calls still need what ------------------------------------
+
+
+class SyncPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What one page of stored calls asks of a recordings pass."""
+
+    uploads: list[tuple[Upload, float]]  # not linked in the recordings table yet, with the call's end
+    not_kept: list[tuple[str, str]]  # (pbx, source) of unanswered calls: not uploaded
+    outside: list[tuple[str, str]]  # (pbx, source) of answered calls, named outside the spool
+
+
+def plan_sync(calls: Iterable[CallRecord], stored: Mapping[str, Collection[str]],
+              pbx_dir: str) -> SyncPlan:
+    """The recordings of ``calls`` that still need an upload: every planned upload whose object key
+    is not among ``stored[call_id]`` (the keys the ``recordings`` table links to the call), so a
+    second pass over the same calls plans nothing. The same rules as :func:`plan_uploads`."""
+    uploads: list[tuple[Upload, float]] = []
+    not_kept: list[tuple[str, str]] = []
+    outside: list[tuple[str, str]] = []
+    for record in calls:
+        planned, skipped = plan_uploads(record, pbx_dir)
+        done = stored.get(record.call_id, ())
+        uploads.extend((up, record.end) for up in planned if up.key not in done)
+        for source in skipped:
+            if record.answered:
+                outside.append((record.pbx_id, source))
+            else:
+                not_kept.append((record.pbx_id, source))
+    return SyncPlan(uploads=uploads, not_kept=not_kept, outside=outside)
+
+
+def spool_state(size: int, mtime: float, *, now: float, ended: float, stable_s: float,
+                missing_s: float) -> str:
+    """One look at a spool file (``size`` -1: absent) as a pass sees it: ``ready`` (unchanged for
+    ``stable_s``), ``wait`` (still being written, or absent for less than ``missing_s`` since the
+    call ended) or ``missing``. The uploader's rules (:func:`observe`, :func:`readiness`), without
+    the waiting: a pass moves on and a later pass looks again."""
+    obs = observe(None, size, now, mtime)
+    return readiness(obs, now, stable_s=stable_s, missing_s=missing_s, first_seen=ended)

@@ -1,11 +1,13 @@
-"""The recordings stage: after a call is emitted, fetch its recordings from the PBX's spool,
-upload them to the object store and link them to the call in the ``recordings`` table.
+"""The recordings uploader: fetch a call's recordings from the PBX's spool, upload them to the
+object store and link them to the call in the ``recordings`` table. ``pbxpipe.recordings`` (the
+recordings pass) decides what to hand over.
 
 A bounded queue feeds ``recordings_concurrency`` worker threads (a full queue blocks the caller:
-backpressure, never an unbounded buffer). Each upload is retried with capped jittered backoff; the
+backpressure, never an unbounded buffer). The uploaded recordings are linked in one insert per
+:meth:`RecordingUploader.drain` (one ClickHouse part per round, not one per file). Each upload is retried with capped jittered backoff; the
 object key is derived from the call, so a retried or repeated upload overwrites the same object.
 Nothing is deleted from the PBX before the stored object was read back and matched size and
-SHA-256.
+SHA-256 and its row was written.
 """
 
 from __future__ import annotations
@@ -24,13 +26,12 @@ import tenacity
 from contracts import metrics
 from contracts.config import Settings
 from contracts.errors import ObjectStoreError
-from contracts.records import CallRecord
 from retention.recordings import (
     StoredRecording,
     Upload,
     observe,
-    plan_uploads,
     readiness,
+    spool_relpath,
     wav_duration,
 )
 from store.objects import ObjectStore, sha256_file
@@ -76,9 +77,10 @@ class RecordingUploader:
         self.delete_source = settings.recordings_delete_source
         self.clock = clock
         self.sleep = sleep
-        self.open_source = open_source or (lambda p: open(p, "rb"))
+        self.open_source = open_source or (lambda p: open(p, "rb"))  # noqa: SIM115 (closed by the caller)
         self.backoff = (backoff_initial_s, backoff_max_s)
-        self.results: list[StoredRecording] = []
+        self.results: list[StoredRecording] = []  # uploaded and linked
+        self._unlinked: list[StoredRecording] = []  # uploaded, row not written yet
         self.failed: list[tuple[str, str]] = []  # (source, reason) nothing silent
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[Upload, float] | None] = queue.Queue(settings.queue_size)
@@ -91,27 +93,56 @@ class RecordingUploader:
 
     # -- the stage's interface ----------------------------------------------------------------
 
-    def submit(self, record: CallRecord) -> None:
-        """Hand over an emitted call; returns at once unless the queue is full (backpressure)."""
-        uploads, skipped = plan_uploads(record, self.pbx_dir)
-        for source in skipped:
-            if record.answered:
-                self._failed(source, "outside the recording directory", record.pbx_id)
-                continue
-            metrics.RECORDINGS.labels(record.pbx_id, "skipped_unanswered").inc()
-            if self.delete_source:
-                self._delete_spooled(source)
-        if uploads:
-            metrics.RECORDINGS_PENDING.labels(record.pbx_id).inc(len(uploads))
-            for up in uploads:
-                self._queue.put((up, self.clock()))
+    def submit(self, up: Upload, since: float) -> None:
+        """Queue an upload (``since``: when the call ended, the start of its ``missing_s``);
+        returns at once unless the queue is full (backpressure)."""
+        self._queue.put((up, since))
+
+    def drain(self) -> list[StoredRecording]:
+        """Wait until every upload queued so far is done (uploaded or failed), then link the
+        uploaded ones; returns those rows."""
+        self._queue.join()
+        return self.link()
+
+    def link(self) -> list[StoredRecording]:
+        """Write the rows of the recordings uploaded since the last call in one insert, then
+        (``recordings_delete_source``) delete their files from the PBX's spool."""
+        with self._lock:
+            rows, self._unlinked = self._unlinked, []
+        if not rows:
+            return []
+        token = hashlib.blake2b(digest_size=16)
+        for r in rows:
+            token.update(f"{r.key}\x00{r.sha256}\x01".encode())
+        self.rows.write_structs(RECORDINGS_TABLE, rows, f"recordings:{token.hexdigest()}")
+        for r in rows:
+            metrics.RECORDINGS.labels(r.pbx_id, "uploaded").inc()
+            metrics.RECORDINGS_BYTES.labels(r.pbx_id).inc(r.size_bytes)
+            if self.delete_source and (rel := spool_relpath(r.source, self.pbx_dir)) is not None:
+                (self.spool / rel).unlink(missing_ok=True)
+        with self._lock:
+            self.results.extend(rows)
+        return rows
+
+    def discard(self, source: str) -> bool:
+        """Delete the PBX's file of a recording not kept (with ``recordings_delete_source``);
+        True when there was one."""
+        rel = spool_relpath(source, self.pbx_dir)
+        if not self.delete_source or rel is None:
+            return False
+        try:
+            (self.spool / rel).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def close(self) -> None:
-        """Finish every queued upload, then stop the workers."""
+        """Finish every queued upload and link it, then stop the workers."""
         for _ in self._workers:
             self._queue.put(None)
         for w in self._workers:
             w.join()
+        self.link()
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -119,15 +150,18 @@ class RecordingUploader:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             up, submitted = item
             try:
                 self.process(up, submitted)
+            except (ObjectStoreError, OSError) as e:  # retried already; a later pass tries again
+                self._failed(up.source, str(e), up.pbx_id)
             except Exception as e:  # one bad recording never stops the stage
                 self._failed(up.source, str(e), up.pbx_id)
                 log.exception("recording_failed", call_id=up.call_id, key=up.key)
             finally:
-                metrics.RECORDINGS_PENDING.labels(up.pbx_id).dec()
+                self._queue.task_done()
 
     def _failed(self, source: str, reason: str, pbx: str) -> None:
         metrics.RECORDINGS.labels(pbx, "failed").inc()
@@ -135,23 +169,17 @@ class RecordingUploader:
             self.failed.append((source, reason))
         log.error("recording_not_uploaded", source=source, reason=reason, pbx=pbx)
 
-    def _delete_spooled(self, source: str) -> None:
-        from retention.recordings import spool_relpath
-
-        rel = spool_relpath(source, self.pbx_dir)
-        if rel is not None:
-            (self.spool / rel).unlink(missing_ok=True)
-
     def wait_complete(self, path: Path, since: float) -> bool:
         """Poll until the file's size held still for ``stable_s``; False when it never appears."""
         obs = None
         while True:
             now = self.clock()
             try:
-                size = path.stat().st_size
+                st = path.stat()
+                size, mtime = st.st_size, st.st_mtime
             except FileNotFoundError:
-                size = -1
-            obs = observe(obs, size, now)
+                size, mtime = -1, now
+            obs = observe(obs, size, now, mtime)
             state = readiness(obs, now, stable_s=self.stable_s, missing_s=self.missing_s,
                               first_seen=since)
             if state != "wait":
@@ -198,14 +226,9 @@ class RecordingUploader:
             size_bytes=size, duration_s=duration, sha256=sha, content_type=up.content_type,
             uploaded_at=now, version=int(now * 1000),
         )
-        self.rows.write_structs(RECORDINGS_TABLE, [row], f"recordings:{up.key}:{sha}")
         with self._lock:
-            self.results.append(row)
-        metrics.RECORDINGS.labels(up.pbx_id, "uploaded").inc()
-        metrics.RECORDINGS_BYTES.labels(up.pbx_id).inc(size)
-        if self.delete_source:
-            path.unlink(missing_ok=True)
-        bound.info("recording_uploaded", bytes=size, duration_s=duration)
+            self._unlinked.append(row)  # linked (and the PBX's file deleted) by drain/close
+        bound.debug("recording_uploaded", bytes=size, duration_s=duration)  # the pass logs a line
         return row
 
     def _verify(self, key: str, size: int, sha: str) -> None:
@@ -214,15 +237,7 @@ class RecordingUploader:
             raise ObjectStoreError(f"{key}: stored object missing or {info and info.size} != {size} bytes")
         if info.metadata.get("sha256", sha) != sha:
             raise ObjectStoreError(f"{key}: stored checksum differs")
-        if self.delete_source:  # the PBX's copy goes next: read the stored bytes back first
-            if hashlib.sha256(self.objects.get(key)).hexdigest() != sha:
-                raise ObjectStoreError(f"{key}: stored bytes differ from the spool file")
+        # the PBX's copy goes next: read the stored bytes back first
+        if self.delete_source and hashlib.sha256(self.objects.get(key)).hexdigest() != sha:
+            raise ObjectStoreError(f"{key}: stored bytes differ from the spool file")
 
-
-def recordings_stage(settings: Settings, rows: RowWriter) -> RecordingUploader | None:
-    """The uploader the settings ask for; None when no spool is configured."""
-    if not settings.recordings_spool:
-        return None
-    from store.objects import open_object_store
-
-    return RecordingUploader(open_object_store(settings), rows, settings)

@@ -45,20 +45,22 @@ def test_the_schema_rejects_what_compose_would_reject(compose):
 
 def test_every_part_is_there(compose):
     """Kafka, ClickHouse, MinIO (and its bucket setup), Prometheus, Grafana, and the pipeline's
-    ingest, enrich, store and retention jobs; long-running services restart and are health-checked."""
+    ingest, enrich, store, recordings and retention jobs; long-running services restart and are
+    health-checked."""
     services = compose["services"]
     assert {"kafka", "clickhouse", "minio", "minio-setup", "prometheus", "grafana", "ingest-pbx1",
-            "enrich", "store", "retention-apply", "export-due"} <= set(services)
+            "enrich", "store", "recordings-pbx1", "retention-apply", "export-due"} <= set(services)
     commands = {n: s["command"][0] for n, s in pipeline_services(compose).items()}
     assert commands == {"ingest-pbx1": "ingest", "enrich": "enrich", "store": "store",
-                        "retention-apply": "every", "export-due": "every"}
+                        "recordings-pbx1": "recordings", "retention-apply": "every",
+                        "export-due": "every"}
     for name, s in services.items():
         if name == "minio-setup":
             continue
         assert s.get("restart") == "unless-stopped", name
         assert "healthcheck" in s, name
     assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]  # KRaft, no ZooKeeper
-    assert services["ingest-pbx1"]["depends_on"]["minio-setup"]["condition"] == \
+    assert services["recordings-pbx1"]["depends_on"]["minio-setup"]["condition"] == \
         "service_completed_successfully"
     declared_volumes = set(compose["volumes"])
     for s in services.values():
@@ -77,6 +79,26 @@ def test_pipeline_environment_names_real_settings(compose):
         assert keys, name
         assert keys <= SETTINGS_ENV, (name, sorted(keys - SETTINGS_ENV))
         assert env["PBXPIPE_METRICS_PORT"] == "9108" and env["PBXPIPE_LOG_FORMAT"] == "json"
+
+
+def test_the_recordings_service_reads_the_pbx_spool_and_writes_to_minio(compose):
+    """`recordings watch` runs with the PBX's recording directory mounted where
+    PBXPIPE_RECORDINGS_SPOOL points (read-only unless it deletes the PBX's files), for the PBX
+    ids it names, with the MinIO endpoint and credentials from the environment."""
+    s = compose["services"]["recordings-pbx1"]
+    assert s["command"] == ["recordings", "watch"]
+    env = s["environment"]
+    mounts = {v.split(":")[1]: v.split(":") for v in s["volumes"]}
+    spool = env["PBXPIPE_RECORDINGS_SPOOL"]
+    assert spool in mounts, "the spool is not mounted"
+    read_only = mounts[spool][2:] == ["ro"]
+    assert read_only == (env["PBXPIPE_RECORDINGS_DELETE_SOURCE"] == "false")
+    assert env["PBXPIPE_RECORDINGS_SYNC_PBX_IDS"] == "pbx1"
+    assert env["PBXPIPE_OBJECT_STORE"].startswith("http://minio:9000/")
+    assert env["PBXPIPE_S3_ACCESS_KEY"] and env["PBXPIPE_S3_SECRET_KEY"].startswith("${")
+    for name, other in pipeline_services(compose).items():  # nobody else needs the PBX's files
+        if name != "recordings-pbx1":
+            assert "PBXPIPE_RECORDINGS_SPOOL" not in other["environment"], name
 
 
 def test_secrets_come_from_the_environment_not_the_file(compose):
@@ -101,7 +123,7 @@ def test_the_image_runs_pbxpipe_and_checks_its_health():
     checks /healthz."""
     docker = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["pbxpipe"]' in docker
-    assert re.search(r"^USER pbxpipe$", docker, re.M)
+    assert re.search(r"^USER pbxpipe$", docker, re.MULTILINE)
     assert "EXPOSE 9108" in docker and "/healthz" in docker
     packages = re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
     for package in re.findall(r'"(\w+)"', packages):

@@ -20,7 +20,7 @@ from conftest import CAPTURE
 
 from contracts.config import load_settings
 from contracts.records import CallRecord
-from retention.recordings import StoredRecording
+from retention.recordings import StoredRecording, plan_uploads
 from retention.uploader import RecordingUploader
 from store.minio import MinioObjectStore
 from store.objects import LifecycleRule
@@ -72,17 +72,17 @@ class Rows:
 
 
 def record(answered: bool = True, recordings: tuple[str, ...] = (), **kw: Any) -> CallRecord:
-    base: dict[str, Any] = dict(
-        call_id="acme:1795539359.188", pbx_id="acme", linkedid="1795539359.188",
-        direction="inbound", caller="+442071112222", caller_name="John Smith",
-        called="+48221234510", answered=answered, first_answered_by="105" if answered else None,
-        last_answered_by="105" if answered else None, status="answered" if answered else "missed",
-        start=1795539359.8, answer=1795539362.0 if answered else None, end=1795539377.8,
-        duration_s=18.0, wait_s=2.2 if answered else None, talk_s=15.8 if answered else 0.0,
-        hangup_cause=16, hangup_cause_text="Normal Clearing", hangup_by="caller",
-        extensions_rang=("105",), queue="", transferred=False, forwarded=False,
-        recordings=recordings, disposition="ANSWERED", incomplete=False, version=10,
-    )
+    base: dict[str, Any] = {
+        "call_id": "acme:1795539359.188", "pbx_id": "acme", "linkedid": "1795539359.188",
+        "direction": "inbound", "caller": "+442071112222", "caller_name": "John Smith",
+        "called": "+48221234510", "answered": answered, "first_answered_by": "105" if answered else None,
+        "last_answered_by": "105" if answered else None, "status": "answered" if answered else "missed",
+        "start": 1795539359.8, "answer": 1795539362.0 if answered else None, "end": 1795539377.8,
+        "duration_s": 18.0, "wait_s": 2.2 if answered else None, "talk_s": 15.8 if answered else 0.0,
+        "hangup_cause": 16, "hangup_cause_text": "Normal Clearing", "hangup_by": "caller",
+        "extensions_rang": ("105",), "queue": "", "transferred": False, "forwarded": False,
+        "recordings": recordings, "disposition": "ANSWERED", "incomplete": False, "version": 10,
+    }
     base.update(kw)
     return CallRecord(**base)
 
@@ -93,12 +93,19 @@ def uploader(objects: Any, spool: Path, rows: Rows, **kw: Any) -> RecordingUploa
     return RecordingUploader(objects, rows, settings, backoff_initial_s=0.01, backoff_max_s=0.05, **kw)
 
 
+def submit(up: RecordingUploader, rec: CallRecord, since: float | None = None) -> None:
+    """Hand a call's recordings to the uploader as a recordings pass does."""
+    uploads, _ = plan_uploads(rec, up.pbx_dir)
+    for u in uploads:
+        up.submit(u, rec.end if since is None else since)
+
+
 def test_answered_call_recording_is_uploaded_with_metadata_and_checksum(objects: MinioObjectStore) -> None:
     """The fixture's real MixMonitor WAV lands under rec/<tenant>/<date>/<linkedid>/, with content
     type, call metadata, its SHA-256, SSE, and a row giving size, duration and checksum."""
     rows = Rows()
     up = uploader(objects, RECORDINGS, rows)
-    up.submit(record(recordings=("/var/spool/asterisk/monitor/in-1795539359.189.wav",)))
+    submit(up, record(recordings=("/var/spool/asterisk/monitor/in-1795539359.189.wav",)))
     up.close()
     assert up.failed == []
     [row] = rows.rows
@@ -112,16 +119,6 @@ def test_answered_call_recording_is_uploaded_with_metadata_and_checksum(objects:
     assert info.metadata["call-id"] == "acme:1795539359.188" and info.metadata["sha256"] == row.sha256
     assert info.metadata["direction"] == "inbound" and info.metadata["caller"] == "+442071112222"
     assert objects.get(row.key) == data
-
-
-def test_unanswered_call_recording_is_not_kept(objects: MinioObjectStore, tmp_path: Path) -> None:
-    """MixMonitor's file of a call nobody answered is neither uploaded nor linked."""
-    (tmp_path / "ring.wav").write_bytes(b"RIFF")
-    rows = Rows()
-    up = uploader(objects, tmp_path, rows)
-    up.submit(record(answered=False, recordings=("/var/spool/asterisk/monitor/ring.wav",)))
-    up.close()
-    assert rows.rows == [] and list(objects.scan("rec/")) == []
 
 
 def test_a_growing_file_is_uploaded_only_once_complete(objects: MinioObjectStore, tmp_path: Path) -> None:
@@ -140,7 +137,7 @@ def test_a_growing_file_is_uploaded_only_once_complete(objects: MinioObjectStore
 
     rows = Rows()
     up = uploader(objects, tmp_path, rows, clock=lambda: clock[0], sleep=sleep)
-    up.submit(record(recordings=("grow.wav",)))
+    submit(up, record(recordings=("grow.wav",)), since=0.0)
     up.close()
     [row] = rows.rows
     assert row.size_bytes == 3000 and objects.get(row.key) == path.read_bytes()
@@ -168,7 +165,7 @@ def test_interrupted_upload_is_retried_and_leaves_one_complete_object(
 
     rows = Rows()
     up = uploader(objects, tmp_path, rows, open_source=open_source)
-    up.submit(record(recordings=("big.wav",)))
+    submit(up, record(recordings=("big.wav",)))
     up.close()
     assert len(attempts) == 2 and up.failed == []
     [row] = rows.rows
