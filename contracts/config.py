@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     recordings_part_size: int = 16 << 20  # multipart part size for large files (>= 5 MiB)
     recordings_delete_source: bool = False  # delete the PBX's file after a verified upload
     recordings_url_ttl_s: int = 900  # lifetime of `pbxpipe recordings url` links
+    recordings_sync_interval_s: float = 10.0  # `pbxpipe recordings watch` (and `run`): seconds between passes
+    recordings_sync_lookback_days: float = 7.0  # a pass looks at calls this recent: a file that never appears is retried until then
+    recordings_sync_max_files: int = 1000  # uploads per pass at most; the next pass follows at once
+    recordings_sync_pbx_ids: str = ""  # comma-separated PBX ids whose recordings this spool holds; empty: every PBX
     retention_call_days: int = 365  # default for customers without their own policy
     retention_recording_days: int = 365  # never longer than the call's (clamped)
     # kafka: the stages as separate processes (pbxpipe ingest | enrich | store); see pbxpipe/kafka.py
@@ -61,7 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_ssl_cafile: str = ""  # empty: the system's CAs
     kafka_ssl_certfile: str = ""  # client certificate (mutual TLS)
     kafka_ssl_keyfile: str = ""
-    kafka_raw_topic: str = "pbxpipe.ami-events"  # ingest -> enrich: Envelopes, key pbx_id + Linkedid
+    kafka_raw_topic: str = "pbxpipe.ami-events"  # ingest -> enrich: one call's AMI frames as received per message, key pbx_id + Linkedid
     kafka_records_topic: str = "pbxpipe.call-records"  # enrich -> store: CallRecord / CallLeg / Quarantined
     kafka_dead_letter_topic: str = "pbxpipe.dead-letter"  # poison messages, reason and origin in headers
     kafka_partitions: int = 6  # for topics this pipeline creates
@@ -70,11 +74,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_enrich_group: str = "pbxpipe-enrich"
     kafka_store_group: str = "pbxpipe-store"
     kafka_idempotence: bool = True  # idempotent producer (brokers without it: false)
-    kafka_compression: str = "lz4"  # lz4 | zstd | gzip | none
+    kafka_compression: str = "zstd"  # zstd | lz4 | gzip | none (aiokafka's lz4 is level 9: ~5x slower)
     kafka_linger_ms: int = 5
     kafka_max_batch_bytes: int = 1 << 20  # per partition and request
     kafka_request_timeout_s: float = 5.0  # an unacknowledged send fails after this: ingest spools
     kafka_poll_records: int = 20_000  # per consumer fetch
+    kafka_fetch_max_wait_ms: int = 500  # a fetch waits this long at most; a broker that holds it to the end (Tansu) adds it to every hop
     kafka_spool_dir: str = "./data/spool"  # ingest's local append-only spool while Kafka is down
     kafka_spool_max_bytes: int = 1 << 30  # past this the spool drops new frames (counted)
     kafka_poison_ratio: float = 0.5  # a consumer stops when more than this share of a batch is poison

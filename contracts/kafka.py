@@ -17,14 +17,22 @@ HEADER_DLQ_OFFSET = "pbxpipe-dlq-offset"
 HEADER_DLQ_STAGE = "pbxpipe-dlq-stage"
 
 # message kinds (the HEADER_KIND value)
-KIND_ENVELOPE = b"envelope"  # raw topic: contracts.envelope.Envelope
+KIND_AMI = b"ami"  # raw topic: contracts.envelope.AmiFrames (one call's frames, as received)
+KIND_ENVELOPE = b"envelope"  # raw topic, before KIND_AMI: one contracts.envelope.Envelope (still read)
 KIND_QUARANTINED = b"quarantined"  # raw and records topics: contracts.records.Quarantined
 KIND_CALL = b"call"  # records topic: contracts.records.CallRecord
 KIND_LEG = b"leg"  # records topic: contracts.records.CallLeg
+# records topic, what enrich emits: a batch of rows as an Arrow IPC stream (pbxpipe.records_topic)
+KIND_CALL_BATCH = b"call-batch"
+KIND_LEG_BATCH = b"leg-batch"
+KIND_QUARANTINED_BATCH = b"quarantined-batch"
 
 # dead-letter reasons (bounded: also a metric label)
-DLQ_UNDECODABLE = "undecodable"  # not msgpack of the kind's Struct / failing its schema
+DLQ_UNDECODABLE = "undecodable"  # not what its kind header says, or failing its schema
 DLQ_UNKNOWN_KIND = "unknown_kind"  # no or an unknown kind header
+
+# (key, value, kind, timestamp in epoch seconds): one message to produce, or in the spool
+Message = tuple[bytes, bytes, bytes, float]
 
 STAGE_INGEST = "ingest"
 STAGE_ENRICH = "enrich"

@@ -62,32 +62,173 @@ def _run_stage(env: dict[str, str], log: Path, *args: str) -> tuple[dict[str, An
 
 
 def _framing_ceiling(data: bytes) -> float:
+    """Frames/s of plain framing (split at blank lines, as ingest does), nothing else."""
     from ingest.framing import AmiFramer
 
     framer = AmiFramer()
     t = time.perf_counter()
     n = 0
     for i in range(0, len(data), 65536):
-        n += len(framer.feed(data[i : i + 65536]))
+        n += len(framer.feed_raw(data[i : i + 65536])[0])
     return n / (time.perf_counter() - t)
 
 
-def _arrow_ceiling(dsn: str) -> tuple[float, int]:
-    """Plain Arrow insert of the stored call rows into a copy of the calls table."""
+def _raw_topic_check(bootstrap: str, capture: bytes) -> str:
+    """Reads the raw topic back: the frames, in (epoch, seq) order, must be the capture's bytes
+    (after the banner line) exactly; a frame sent twice must be the same bytes both times."""
+    from aiokafka import AIOKafkaConsumer
+
+    from contracts import kafka as k
+    from contracts.config import load_settings
+    from contracts.envelope import frames_decoder
+    from ingest.framing import AmiFramer
+    from pbxpipe.kafka import TopicPartition
+    from pbxpipe.stages import kind_of
+
+    topic = load_settings({}).kafka_raw_topic
+    frames: dict[tuple[int, int], bytes] = {}
+    differing = 0
+
+    async def main() -> None:
+        nonlocal differing
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            left = {tp for tp in tps if ends[tp]}
+            while left:
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    for r in records:
+                        if r.offset >= ends[tp] - 1:
+                            left.discard(tp)
+                        if kind_of(r) != k.KIND_AMI:
+                            continue
+                        batch = frames_decoder.decode(r.value or b"")
+                        pos = 0
+                        for seq, size in zip(batch.seqs, batch.sizes):
+                            raw = batch.raw[pos : pos + size]
+                            pos += size
+                            if frames.setdefault((batch.epoch, seq), raw) != raw:
+                                differing += 1
+        finally:
+            await consumer.stop()
+
+    asyncio.run(main())
+    got = b"".join(frames[m] for m in sorted(frames))
+    probe = AmiFramer()
+    probe.feed_raw(capture[:4096])
+    expected = capture[capture.find(b"\n") + 1 :] if probe.banner is not None else capture
+    corrupted = abs(len(got) - len(expected))
+    if got != expected:
+        import numpy as np
+
+        n = min(len(got), len(expected))
+        corrupted += int(np.count_nonzero(np.frombuffer(got, np.uint8, n)
+                                          != np.frombuffer(expected, np.uint8, n)))
+    return (f"{len(frames):,} frames, {len(got):,} of {len(expected):,} bytes back from Kafka, "
+            f"{corrupted + differing} corrupted")
+
+
+STORE_BATCH_ROWS = 50_000
+"""The store stage's batch here (PBXPIPE_BATCH_ROWS), and the ceiling's."""
+
+STORE_LOAD_CALLS = 100_000
+"""Calls the store stage is timed on: enrich's records, copied with new ids up to this many, so
+the figure is the insert path's and not the engine's first insert (~0.25 s) or the group join."""
+
+
+def _copy_records(env: dict[str, str], copies: int) -> None:
+    """Append ``copies`` copies of the records topic's batches to it, call and leg ids suffixed
+    ``#n``: more distinct rows of the same shape, through the same wire format."""
+    import pyarrow.compute as pc
+    from aiokafka import AIOKafkaConsumer
+
+    from contracts.config import load_settings
+    from pbxpipe import records_topic
+    from pbxpipe.kafka import Producer, TopicPartition, make_producer
+    from pbxpipe.stages import kind_of
+
+    settings = load_settings({"kafka_bootstrap": env["PBXPIPE_KAFKA_BOOTSTRAP"],
+                              "kafka_idempotence": False})
+    topic = settings.kafka_records_topic
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                    enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+        producer = Producer(make_producer(settings), "bench")
+        await consumer.start()
+        await producer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            done = {tp for tp in tps if not ends[tp]}
+            while len(done) < len(tps):
+                out = []
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    for r in records:
+                        if r.offset >= ends[tp] - 1:
+                            done.add(tp)
+                        if r.offset >= ends[tp]:  # a copy appended meanwhile
+                            continue
+                        kind = records_topic.BY_MESSAGE_KIND[kind_of(r)]
+                        if kind is records_topic.QUARANTINE:
+                            continue
+                        data = records_topic.decode(kind, r.value or b"")
+                        ids = [n for n in ("call_id", "leg_id") if n in data.column_names]
+                        for c in range(1, copies + 1):
+                            copy = data
+                            for name in ids:
+                                i = copy.schema.get_field_index(name)
+                                copy = copy.set_column(i, copy.schema.field(i),
+                                                       pc.binary_join_element_wise(
+                                                           copy.column(i), f"#{c}", ""))
+                            out.append((r.key or b"", records_topic.encode(copy),
+                                        kind.batch_kind, r.timestamp / 1000))
+                await producer.send(topic, out)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+def _arrow_ceiling(dsn: str, optimize_on_insert: int) -> tuple[float, int]:
+    """Plain Arrow inserts of the stored calls and legs (all columns) into copies of their tables,
+    in batches of the store's size: call rows/s of the insert alone. (``parties`` is MATERIALIZED:
+    ClickHouse computes it on insert, so it is never sent; ``SELECT *`` leaves it out.)"""
     import clickhouse_connect
 
     from store.clickhouse import chdb_path
 
     client = clickhouse_connect.get_client(interface="chdb", path=chdb_path(dsn))
-    client.command("DROP TABLE IF EXISTS calls_ceiling")
-    client.command("CREATE TABLE calls_ceiling AS calls")
-    table = client.query_arrow("SELECT * EXCEPT parties FROM calls FINAL")
+    # in a hashed order, as they arrive (read in key order, they would insert ~2x faster)
+    tables = {name: client.query_arrow(f"SELECT * FROM {name} ORDER BY cityHash64({key})")
+              for name, key in (("calls", "call_id"), ("call_legs", "leg_id"))}
+    for name in tables:
+        client.command(f"DROP TABLE IF EXISTS {name}_ceiling")
+        client.command(f"CREATE TABLE {name}_ceiling AS {name}")
+    calls = tables["calls"].num_rows
+    batches = max(1, -(-sum(t.num_rows for t in tables.values()) // STORE_BATCH_ROWS))
     t = time.perf_counter()
-    client.insert_arrow("calls_ceiling", table)
+    for b in range(batches):
+        for name, data in tables.items():
+            step = -(-data.num_rows // batches)
+            client.insert_arrow(f"{name}_ceiling", data.slice(b * step, step),
+                                settings={"insert_deduplication_token": f"ceiling-{name}-{b}",
+                                          "optimize_on_insert": optimize_on_insert})
     dt = time.perf_counter() - t
-    client.command("DROP TABLE calls_ceiling")
+    for name in tables:
+        client.command(f"DROP TABLE {name}_ceiling")
     client.close()
-    return table.num_rows / dt, table.num_rows
+    return calls / dt, calls
 
 
 def run_kafka_bench(capture: bytes, events: int, args: argparse.Namespace) -> None:
@@ -121,20 +262,27 @@ def run_kafka_bench(capture: bytes, events: int, args: argparse.Namespace) -> No
         ing_rate = ing["frames"] / ing["busy_s"]
         print(f"ingest  : {ing_rate:>10,.0f} events/s  cpu {ing_cpu:6.1f} s  peak RSS "
               f"{ing_rss / 2**20:5.0f} MiB   ceiling (plain framing) {framing:,.0f}/s -> "
-              f"{ing_rate / framing:.0%}")
+              f"{ing_rate / framing:.0%}; {_raw_topic_check(bootstrap, capture)}")
         enr, enr_cpu, enr_rss = _run_stage(env, tmp / "enrich.log", "enrich", "--idle-exit", "1")
         enr_rate = enr["events"] / enr["busy_s"]
         print(f"enrich  : {enr_rate:>10,.0f} events/s  cpu {enr_cpu:6.1f} s  peak RSS "
               f"{enr_rss / 2**20:5.0f} MiB   ({enr['records']} records)")
+        copies = max(0, -(-STORE_LOAD_CALLS // max(args.calls, 1)) - 1)
+        _copy_records(env, copies)
         # batches close on size here (age: the tail only), so the rate is the insert path's
-        sto, sto_cpu, sto_rss = _run_stage({**env, "PBXPIPE_BATCH_ROWS": "20000",
+        sto, sto_cpu, sto_rss = _run_stage({**env, "PBXPIPE_BATCH_ROWS": str(STORE_BATCH_ROWS),
                                             "PBXPIPE_BATCH_AGE_S": "0.05"},
                                            tmp / "store.log", "store", "--idle-exit", "1")
         sto_rate = sto["calls"] / max(sto["busy_s"], 1e-9)
-        arrow, rows = _arrow_ceiling(dsn)
+        arrow, _ = _arrow_ceiling(dsn, optimize_on_insert=0)
+        arrow_default, _ = _arrow_ceiling(dsn, optimize_on_insert=1)
         print(f"store   : {sto_rate:>10,.0f} call rows/s ({sto['rows'] / max(sto['busy_s'], 1e-9):,.0f} "
-              f"rows/s with legs)  cpu {sto_cpu:6.1f} s  peak RSS {sto_rss / 2**20:5.0f} MiB   "
-              f"ceiling (plain Arrow insert, {rows} rows) {arrow:,.0f}/s -> {sto_rate / arrow:.0%}")
+              f"rows/s with legs; {sto['calls']} calls: enrich's and {copies} copies)  cpu "
+              f"{sto_cpu:6.1f} s  peak RSS {sto_rss / 2**20:5.0f} MiB\n"
+              f"          ceiling (plain Arrow insert of the same calls and legs, "
+              f"{STORE_BATCH_ROWS:,} rows a batch, as the store: optimize_on_insert=0) "
+              f"{arrow:,.0f} call rows/s -> {sto_rate / arrow:.0%}; with ClickHouse's default "
+              f"optimize_on_insert=1 {arrow_default:,.0f}/s")
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
         _end_to_end(env, tmp, args)
     finally:
@@ -172,10 +320,10 @@ def _end_to_end(env: dict[str, str], tmp: Path, args: argparse.Namespace) -> Non
     latencies: list[float] = []
     placed_in: list[float] = []
 
-    def written(table: str, rows: list[Any]) -> None:
+    def written(table: str, rows: Any) -> None:  # an Arrow table of the rows inserted
         if table == "calls":
             now = time.time()
-            latencies.extend(now - r.end for r in rows)
+            latencies.extend(now - end for end in rows.column("end").to_pylist())
 
     store = ClickHouseStore.connect(settings.clickhouse_dsn)
     proc = psutil.Process()
