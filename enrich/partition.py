@@ -8,7 +8,7 @@ calls already emitted are re-emitted with the same ids, which the store collapse
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 
 from contracts.envelope import Envelope
@@ -21,8 +21,9 @@ class PartitionEnricher:
     def __init__(self, make_builder: Callable[[str], CallBuilder]) -> None:
         self._make_builder = make_builder
         self.builders: dict[str, CallBuilder] = {}
-        # (pbx_id, linkedid) -> offset of the call's first event; insertion order = offset order
-        self._first: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # (offset of the call's first event, its builder, linkedid) per call opened here, in
+        # offset order; a call stays until it was emitted and every call before it too
+        self._first: deque[tuple[int, CallBuilder, str]] = deque()
         self._last_seq: dict[str, tuple[int, int]] = {}  # pbx_id -> (epoch, seq) last taken
         self.next_offset: int | None = None  # one past the last offset taken in
         self.stream_time = 0.0  # latest receive time seen: the clock of a backlog
@@ -61,11 +62,10 @@ class PartitionEnricher:
         """Fold one frame of the message at ``offset`` (see :meth:`accept`)."""
         self.stream_time = max(self.stream_time, env.recv_time)
         b = self.builder(env.pbx_id)
+        held = not linkedid or b.is_open(linkedid)
         out = b.feed(env)
-        if linkedid:
-            key = (env.pbx_id, linkedid)
-            if key not in self._first and b.is_open(linkedid):
-                self._first[key] = offset
+        if not held and b.is_open(linkedid):
+            self._first.append((offset, b, linkedid))
         return out
 
     def fold_frames(self, offset: int, linkedid: str, pbx_id: str, recv_time: float,
@@ -73,15 +73,14 @@ class PartitionEnricher:
         """Fold the frames of the message at ``offset`` (one call's, see :meth:`accept`), all
         received by ``recv_time``."""
         b = self.builder(pbx_id)
+        held = not linkedid or b.is_open(linkedid)
         feed = b.feed
         out: list[Output] = []
         for env in envs:
             out += feed(env)
         self.stream_time = max(self.stream_time, recv_time)
-        if linkedid:
-            key = (pbx_id, linkedid)
-            if key not in self._first and b.is_open(linkedid):
-                self._first[key] = offset
+        if not held and b.is_open(linkedid):
+            self._first.append((offset, b, linkedid))
         return out
 
     def skip(self, offset: int) -> None:
@@ -108,9 +107,8 @@ class PartitionEnricher:
         """The offset to commit: every message before it is reflected in emitted output."""
         first = self._first
         while first:
-            (pbx_id, linkedid), offset = next(iter(first.items()))
-            b = self.builders.get(pbx_id)
-            if b is not None and b.is_open(linkedid):
+            offset, b, linkedid = first[0]
+            if b.is_open(linkedid):
                 return offset if self.next_offset is None else min(offset, self.next_offset)
-            first.popitem(last=False)
+            first.popleft()
         return self.next_offset
