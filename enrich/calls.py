@@ -36,7 +36,6 @@ from enrich.events import Event, MissingLinkedid, decode
 
 Output = CallRecord | CallLeg | Quarantined
 
-RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
 RECORDING_USERFIELD_PATTERNS = (r"^rec:(?P<file>\S+)$",)
 """CDR userfields that name a recording; the ``file`` group (else the whole match) is its name.
 MixMonitorStart names no file (Asterisk 22), so the variable and the userfield are the sources."""
@@ -368,7 +367,7 @@ class CallBuilder:
             call.transferred = True
 
     def _on_varset(self, call: _Call, ev: Event) -> None:
-        if ev.variable == RECORDING_VARIABLE and ev.value:
+        if ev.value:  # decode keeps the recording's variable only
             _add_recording(call, ev.value)
 
     def _on_cdr(self, call: _Call, ev: Event) -> None:

@@ -13,6 +13,11 @@ from contracts.envelope import LINKEDID_HEADERS, Envelope
 
 UNKNOWN = "<unknown>"
 
+RECORDING_VARIABLE = "MIXMONITOR_FILENAME"
+"""The one variable read of ``VarSet`` (the recording's file name); other VarSets are ignored,
+as the listener's AMI filters drop them at a live PBX, so a call counts the same events (its
+record's version) whether its PBX filtered or not."""
+
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
@@ -103,10 +108,14 @@ def decode(env: Envelope) -> Event | None:
     ):
         # A VarSet per dialplan Set(): most of a call's events. Its usual layout (Timestamp
         # third; Linkedid, Variable, Value last) is read where it stands, without a dict.
+        if headers[-2][1] != RECORDING_VARIABLE:
+            return None
         return Event(kind=kind, time=_time(headers[2][1], recv), recv=recv,
                      linkedid=headers[-3][1], variable=headers[-2][1], value=headers[-1][1])
     h = dict(headers)  # repeated headers: the last wins, which is fine for these kinds
     get = h.get
+    if shape == _VARSET and get("Variable") != RECORDING_VARIABLE:
+        return None
     time = _time(get("Timestamp"), recv)
     if shape == _CDR:
         # cdr_manager names the party-A channel's id "UniqueID"; Linkedid only via [mappings]
@@ -156,3 +165,23 @@ def decode(env: Envelope) -> Event | None:
     if shape == _QUEUE:
         return Event(kind=kind, time=time, recv=recv, linkedid=linkedid, queue=get("Queue", ""))
     return Event(kind=kind, time=time, recv=recv, linkedid=linkedid, result=get("Result", ""))  # _TRANSFER
+
+
+_DECODED_NAMES = frozenset(kind.encode() for kind in _SHAPE)
+_RECORDING_LINE = f"\r\nVariable: {RECORDING_VARIABLE}\r\n".encode()
+
+
+def ignored_frame(frame: bytes) -> bool:
+    """Whether :func:`decode` would map this raw frame (one frame's exact bytes, as on the raw
+    topic) to None, told from its bytes without parsing it: a CRLF event of a kind not decoded,
+    or a VarSet of another variable. Anything else — a frame the framer might read as several,
+    or not as an event — is not, so whatever is unreadable is still parsed and quarantined."""
+    if not frame.startswith(b"Event: "):
+        return False
+    end = frame.find(b"\r\n", 7)
+    if end < 8:
+        return False
+    name = frame[7:end]
+    if name in _DECODED_NAMES and (name != b"VarSet" or _RECORDING_LINE in frame):
+        return False
+    return b"\n\n" not in frame and frame.count(b"\n\r\n") == 1

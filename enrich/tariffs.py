@@ -401,7 +401,7 @@ def _days(text: str) -> frozenset[int] | None:
         if a not in DAY_NAMES or (sep and b not in DAY_NAMES):
             raise _Bad("days", f"unknown day {part!r}: use mon..sun, ranges (mon-fri), hol, or * for every day")
         i, j = DAY_NAMES.index(a), DAY_NAMES.index(b if sep else a)
-        out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+        out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(j + 1)])
     return frozenset(out)
 
 

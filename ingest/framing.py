@@ -8,6 +8,7 @@ never corrupted. Bad input never raises: it comes back as :class:`FrameError` it
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from contracts.envelope import AmiFrames, Envelope
 from contracts.errors import FrameError
@@ -326,17 +327,35 @@ def split_frames(raw: bytes, sizes: list[int],
     return out
 
 
-def read_frames(batch: AmiFrames, max_frame_bytes: int = 1 << 20
+def read_frames(batch: AmiFrames, max_frame_bytes: int = 1 << 20,
+                ignored: Callable[[bytes], bool] | None = None,
                 ) -> tuple[list[Envelope], list[tuple[int, FrameError]]]:
     """A raw-topic message read: its frames as envelopes, and those that cannot be read with
-    their seq. Raises ValueError when the message does not hold the frames it numbers."""
-    seqs = batch.seqs
-    if len(batch.sizes) != len(seqs):
-        raise ValueError(f"{len(batch.sizes)} frame sizes for {len(seqs)} frames")
+    their seq. Raises ValueError when the message does not hold the frames it numbers.
+
+    Raw frames for which ``ignored`` is true are passed over unparsed (the reader's own
+    judgement that it would drop them unread)."""
+    seqs, sizes, raw = batch.seqs, batch.sizes, batch.raw
+    if len(sizes) != len(seqs):
+        raise ValueError(f"{len(sizes)} frame sizes for {len(seqs)} frames")
+    if ignored is not None and sum(sizes) == len(raw):
+        kept_seqs: list[int] = []
+        kept_sizes: list[int] = []
+        kept: list[bytes] = []
+        pos = 0
+        for seq, size in zip(seqs, sizes):
+            frame = raw[pos : pos + size]
+            pos += size
+            if not ignored(frame):
+                kept_seqs.append(seq)
+                kept_sizes.append(size)
+                kept.append(frame)
+        if len(kept) < len(seqs):
+            seqs, sizes, raw = kept_seqs, kept_sizes, b"".join(kept)
     pbx, epoch, recv = batch.pbx_id, batch.epoch, batch.recv_time
     envs: list[Envelope] = []
     bad: list[tuple[int, FrameError]] = []
-    for i, item in split_frames(batch.raw, batch.sizes, max_frame_bytes):
+    for i, item in split_frames(raw, sizes, max_frame_bytes):
         if isinstance(item, FrameError):
             bad.append((seqs[i], item))
         else:

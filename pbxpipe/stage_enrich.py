@@ -25,6 +25,7 @@ from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
 from contracts.records import CallRecord, quarantined_decoder
 from enrich.calls import CallBuilder, Output
+from enrich.events import ignored_frame
 from enrich.partition import PartitionEnricher
 from ingest.framing import quarantined, read_frames
 from pbxpipe import records_topic
@@ -221,7 +222,7 @@ class EnrichStage:
         if not pe.accept(r.offset, batch.pbx_id, batch.epoch, batch.seqs[0]):
             return ""  # folded already: a produce round sent twice
         try:
-            envs, bad = read_frames(batch, self.settings.max_frame_bytes)
+            envs, bad = read_frames(batch, self.settings.max_frame_bytes, ignored_frame)
         except ValueError as e:
             return str(e)
         for seq, err in bad:  # unreadable: kept, counted, logged once per kind

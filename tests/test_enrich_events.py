@@ -96,3 +96,70 @@ def test_cdr_row_before_its_channel_still_gives_the_disposition():
         builder.feed(e)
     [rec] = [o for o in builder.flush() if isinstance(o, CallRecord)]
     assert rec.disposition == "NO ANSWER"
+
+
+def _raw_frames(data: bytes) -> list[bytes]:
+    from ingest.framing import AmiFramer
+
+    framer = AmiFramer()
+    frames: list[bytes] = []
+    for i in range(0, len(data), 65536):
+        frames += framer.feed_raw(data[i : i + 65536])[0]
+    return frames
+
+
+def test_frames_judged_ignored_from_their_bytes_are_the_ones_decode_drops():
+    """On the real capture and on frames made awkward on purpose, ``ignored_frame`` is only
+    ever true of a frame that parses as one event which ``decode`` maps to None; the frames it
+    passes over include the common kinds (VarSet of other variables, Newexten)."""
+    from enrich.events import ignored_frame
+    from ingest.framing import split_frames
+    from tests.conftest import CAPTURE
+
+    frames = _raw_frames((CAPTURE / "ami_raw.log").read_bytes())
+    frames += [
+        b"Event: Newexten\r\nChannel: x\r\n\r\n",
+        b"Event: Newexten\nLinkedid: 1\n\nEvent: Hangup\r\nLinkedid: 1\r\n\r\n",  # two frames
+        b"Event: VarSet\r\nLinkedid: 1\r\nVariable: MIXMONITOR_FILENAME\r\nValue: a\r\n\r\n",
+        b"Event: VarSet\r\nLinkedid: 1\r\nVariable: DIALSTATUS\r\nValue: ANSWER\r\n\r\n",
+        b"Event: \r\nLinkedid: 1\r\n\r\n",
+        b"Response: Success\r\n\r\n",
+    ]
+    skipped = set()
+    for frame in frames:
+        items = split_frames(frame, [len(frame)])
+        if ignored_frame(frame):
+            assert len(items) == 1, frame
+            headers = items[0][1]
+            assert isinstance(headers, tuple), frame
+            assert decode(Envelope("acme", 0, 0, 0.0, headers)) is None, frame
+            skipped.add(headers[0][1])
+    assert {"VarSet", "Newexten"} <= skipped
+    assert not ignored_frame(frames[-5]) and not ignored_frame(frames[-4])
+    assert ignored_frame(frames[-3])
+
+
+def test_reading_a_message_without_the_ignored_frames_builds_the_same_calls(capture_profile):
+    """The real capture through raw-topic messages: passing over the ignored frames unparsed
+    gives the very records and legs that parsing every frame gives."""
+    from contracts.envelope import AmiFrames
+    from enrich.events import ignored_frame
+    from ingest.framing import read_frames
+    from tests.conftest import CAPTURE
+
+    frames = _raw_frames((CAPTURE / "ami_raw.log").read_bytes())
+    batch = AmiFrames("acme", 0, list(range(len(frames))), [len(f) for f in frames], 0.0,
+                      b"".join(frames))
+
+    def build(ignored):
+        envs, bad = read_frames(batch, ignored=ignored)
+        builder = CallBuilder(capture_profile, pbx_id="acme")
+        out = []
+        for e in envs:
+            out += builder.feed(e)
+        return out + builder.flush(), bad
+
+    (every, bad_every), (fewer, bad_fewer) = build(None), build(ignored_frame)
+    assert bad_every == bad_fewer
+    assert [o for o in every if isinstance(o, CallRecord)]
+    assert every == fewer
