@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -107,7 +107,9 @@ def load_curve(config: SimulatorConfig, start_time: float) -> LoadCurve:
     return LoadCurve(parse_curve(config.load_curve), offset.total_seconds() if offset else 0.0)
 
 
-def _stream(config: SimulatorConfig, start_time: float) -> Iterator[Emitted | Finished]:
+def call_stream(config: SimulatorConfig, start_time: float) -> Iterator[Emitted | Finished]:
+    """Every event of the configured calls in timestamp order, each call's end right after its
+    last event (the server plays it, ``render`` and the load player render it)."""
     times = arrivals(load_curve(config, start_time), start=start_time, rate=config.calls_per_second / config.speed,
                      total=config.total_calls, rng=random.Random(f"arrivals:{config.seed}"))
     return play(_generator(config), times, max_concurrency=config.max_concurrency)
@@ -137,7 +139,7 @@ def render(config: SimulatorConfig) -> Rendered:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for item in _stream(config, start):
+        for item in call_stream(config, start):
             if isinstance(item, Emitted):
                 parts.append(render_frame(item.headers))
                 n += 1
@@ -285,7 +287,7 @@ class Simulator:
         if self.config.manifest_path:
             path = Path(self.config.manifest_path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._manifest = path.open("w", encoding="utf-8")
+            self._manifest = path.open("w", encoding="utf-8")  # noqa: ASYNC230 - once, a local file
         self._server = await asyncio.start_server(self._serve_client, self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._player())
@@ -313,7 +315,7 @@ class Simulator:
             self._manifest.close()
             self._manifest = None
 
-    async def __aenter__(self) -> Simulator:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -336,7 +338,7 @@ class Simulator:
         speed = self.config.speed
         start = self._start_time
         burst = 0
-        for item in _stream(self.config, start):
+        for item in call_stream(self.config, start):
             if isinstance(item, Finished):
                 self.calls_finished += 1
                 if self._manifest is not None:
@@ -388,7 +390,7 @@ class Simulator:
     # ---------------------------------------------------------------- sessions
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
         c = _Client(writer, asyncio.Queue(maxsize=max(1, self.config.client_queue)), peer)
         self._clients.add(c)
         self._conns.add(c)
