@@ -28,4 +28,4 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m ingest.bench
-	$(BIN)/python -m pbxpipe.bench --calls 5000 --kafka
+	$(BIN)/python -m pbxpipe.bench --calls 5000 --kafka --rate 500 --seconds 60

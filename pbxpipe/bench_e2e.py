@@ -321,6 +321,10 @@ def _report(result: dict[str, Any], placed: list[dict[str, Any]], total: int, ra
     reasons = []
     if placed_rate < TARGET_RATE * 0.98:
         reasons.append(f"placed {placed_rate:.0f} calls/s < {TARGET_RATE:.0f}")
+    ended_peak = max((len(v) / 5 for v in by_window.values()), default=0.0)
+    if ended_peak < TARGET_RATE * 0.9:  # calls last minutes: hangups reach the start rate late
+        reasons.append(f"hangups peaked at {ended_peak:.0f} calls/s in 5 s (run longer, e.g. "
+                       "--seconds 60, for them to reach the start rate)")
     if not p99 <= TARGET_P99_S:
         reasons.append(f"p99 {p99:.2f} s > {TARGET_P99_S:g} s")
     if missing or doubled:
