@@ -146,6 +146,7 @@ class EnrichStage:
 
     async def _fold(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> int:
         s = self.settings
+        started = time.perf_counter()
         outputs: list[Output] = []
         poison: list[Poison] = []
         total = 0
@@ -178,7 +179,7 @@ class EnrichStage:
         if total:
             self.last_input = self.clock()
             self._consumed.inc(total)
-            self.first_at = self.first_at or time.perf_counter()
+            self.first_at = self.first_at or started  # the busy time includes this fold
         poison_guard(k.STAGE_ENRICH, len(poison), total, s.kafka_poison_ratio)
         now = self.clock()
         caught_up = True

@@ -192,6 +192,7 @@ class StoreStage:
         fetched = await self.consumer.getmany(timeout_ms=int(due * 1000),
                                               max_records=max(1, min(s.kafka_poll_records, int(room))))
         observe_lag(self.consumer, k.STAGE_STORE, fetched)
+        started = time.perf_counter()
         poison: list[Poison] = []
         total = 0
         pending = self._pending
@@ -223,7 +224,7 @@ class StoreStage:
             self._rows_per_message = max(1.0, (self._pending - pending) / total)
             self.last_input = time.time()
             self._consumed.inc(total)
-            self.first_at = self.first_at or time.perf_counter()
+            self.first_at = self.first_at or started  # the busy time includes this decode
         self._caught_up = not total
         poison_guard(k.STAGE_STORE, len(poison), total, s.kafka_poison_ratio)
         await self.dead.send(poison)
