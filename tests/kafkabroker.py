@@ -100,3 +100,18 @@ class TcpGate:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+async def read_topic(bootstrap: str, topic: str, timeout_ms: int = 5000) -> list:
+    """Every record of ``topic`` from the start, in one fetch of a fresh group (a dead-letter
+    topic in the tests: a handful of records)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id="dlq-reader")
+    await consumer.start()
+    try:
+        got = await consumer.getmany(timeout_ms=timeout_ms)
+        return [r for rs in got.values() for r in rs]
+    finally:
+        await consumer.stop()

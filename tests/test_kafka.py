@@ -30,7 +30,7 @@ from contracts.records import CallLeg, CallRecord, Quarantined, record_encoder
 from enrich.calls import CallBuilder
 from ingest.capture import read_capture
 from simulator.server import SimulatorConfig, render
-from tests.kafkabroker import Broker, TcpGate, free_port, wait_listening
+from tests.kafkabroker import Broker, TcpGate, free_port, read_topic, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -334,7 +334,6 @@ def test_store_pauses_while_clickhouse_is_down_and_drops_nothing(broker, tmp_pat
 def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_consumer(broker, tmp_path):
     """Undecodable records are dead-lettered with reason and origin; the good ones are stored.
     A fetch that is mostly poison stops the consumer instead."""
-    from aiokafka import AIOKafkaConsumer
 
     from pbxpipe.cmd_kafka import open_kafka_store
     from pbxpipe.stage_store import StoreStage
@@ -355,14 +354,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_con
             await stage.start()
             await stage.run(asyncio.Event(), idle_exit=1.0)
             await stage.close()
-            dlq = AIOKafkaConsumer(settings.kafka_dead_letter_topic, bootstrap_servers=broker.bootstrap,
-                                   auto_offset_reset="earliest", group_id="dlq-reader")
-            await dlq.start()
-            try:
-                got = await dlq.getmany(timeout_ms=5000)
-                return [r for rs in got.values() for r in rs]
-            finally:
-                await dlq.stop()
+            return await read_topic(broker.bootstrap, settings.kafka_dead_letter_topic)
 
         dead = asyncio.run(scenario())
         assert len(dead) == 2

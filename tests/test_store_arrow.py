@@ -28,7 +28,7 @@ from pbxpipe import records_topic as rt
 from pbxpipe.records_topic import RecordsError
 from store.clickhouse import ClickHouseStore, RetryPolicy
 from store.schema import CALL_LEGS, CALLS
-from tests.kafkabroker import Broker
+from tests.kafkabroker import Broker, read_topic
 
 T0 = float(int(time.time()) - 3600)  # within the retention TTL
 
@@ -301,7 +301,6 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
     dead-letter topic with its reason and origin, every call and leg of the other messages is
     stored, a replayed batch leaves one row per call, on_written sees the inserted tables and the
     hangup-to-insert histogram counts each call row inserted."""
-    from aiokafka import AIOKafkaConsumer
 
     from pbxpipe.kafka import Producer, ensure_topics, make_producer
     from pbxpipe.stage_store import StoreStage
@@ -332,14 +331,7 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
         await stage.start()
         await stage.run(asyncio.Event(), idle_exit=1.0)
         await stage.close()
-        dlq = AIOKafkaConsumer(cfg.kafka_dead_letter_topic, bootstrap_servers=broker.bootstrap,
-                               auto_offset_reset="earliest", group_id="dlq-reader")
-        await dlq.start()
-        try:
-            got = await dlq.getmany(timeout_ms=5000)
-            return [r for rs in got.values() for r in rs]
-        finally:
-            await dlq.stop()
+        return await read_topic(broker.bootstrap, cfg.kafka_dead_letter_topic)
 
     dead = asyncio.run(scenario())
     assert [r.value for r in dead] == [poison[1]]
