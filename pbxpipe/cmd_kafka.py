@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import signal
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -92,15 +92,21 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def _run(main: Callable[[], Any]) -> None:
+def _run(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run one stage until it is done or SIGTERM/SIGINT sets its stop event; errors as exit codes."""
+    from pbxpipe.cli import _fail
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await stage(stop)
+
     try:
         asyncio.run(main())
     except AmiAuthError as e:
-        typer.echo(f"pbxpipe: error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(e), 2)
     except PbxPipeError as e:
-        typer.echo(f"pbxpipe: error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(e))
 
 
 async def ingest_main(settings: Settings, captures: list[Path] | None = None,
@@ -242,36 +248,18 @@ def register(app: typer.Typer) -> None:
         """One PBX's AMI (or a capture) -> the raw-events topic; a local spool while Kafka is down."""
         settings = _settings(overrides, "ingest")
         log.info("ingest_started", **redacted(settings))
-
-        async def main() -> None:
-            stop = asyncio.Event()
-            _stop_on_signals(stop)
-            await ingest_main(settings, capture, idle_exit, stop)
-
-        _run(main)
+        _run(lambda stop: ingest_main(settings, capture, idle_exit, stop))
 
     @app.command()
     @_settings_flags(ENRICH_FIELDS)
     def enrich(overrides: dict[str, Any], idle_exit: IdleExit = None) -> None:
         """Raw-events topic -> call records and legs on the records topic (a consumer group)."""
         settings = _settings(overrides, "enrich")
-
-        async def main() -> None:
-            stop = asyncio.Event()
-            _stop_on_signals(stop)
-            await enrich_main(settings, _profile(settings), idle_exit, stop)
-
-        _run(main)
+        _run(lambda stop: enrich_main(settings, _profile(settings), idle_exit, stop))
 
     @app.command()
     @_settings_flags(STORE_FIELDS)
     def store(overrides: dict[str, Any], idle_exit: IdleExit = None) -> None:
         """Records topic -> ClickHouse in batches, committing after each insert (a consumer group)."""
         settings = _settings(overrides, "store")
-
-        async def main() -> None:
-            stop = asyncio.Event()
-            _stop_on_signals(stop)
-            await store_main(settings, None, idle_exit, stop)
-
-        _run(main)
+        _run(lambda stop: store_main(settings, None, idle_exit, stop))
