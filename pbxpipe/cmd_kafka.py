@@ -115,8 +115,8 @@ async def ingest_main(settings: Settings, captures: list[Path] | None = None,
 
     stage = IngestStage(settings)
     stop = stop or asyncio.Event()
-    await stage.start()
     try:
+        await stage.start()  # inside: a failed start still closes the clients
         if captures:
             n = await stage.run_capture(captures)
             log.info("capture_ingested", frames=n, sent=stage.sent, spooled_bytes=stage.spool.bytes,
@@ -133,8 +133,8 @@ async def enrich_main(settings: Settings, profile: PbxProfile, idle_exit: float 
 
     stage = EnrichStage(settings, profile, rate=_rate(settings, profile))
     stop = stop or asyncio.Event()
-    await stage.start()
     try:
+        await stage.start()  # inside: a failed start still closes the clients
         await stage.run(stop, idle_exit)
     finally:
         await stage.close()
@@ -184,8 +184,8 @@ async def store_main(settings: Settings, store: Any = None, idle_exit: float | N
     store = store if store is not None else open_kafka_store(settings)
     stage = StoreStage(settings, store, on_written=_spend_watch(settings, store))
     stop = stop or asyncio.Event()
-    await stage.start()
     try:
+        await stage.start()  # inside: a failed start still closes the clients
         await stage.run(stop, idle_exit)
     finally:
         await stage.close()
@@ -207,12 +207,13 @@ async def run_via_kafka(settings: Settings, profile: PbxProfile, store: Any,
     ingest = IngestStage(settings)
     enrich = EnrichStage(settings, profile, rate=_rate(settings, profile))
     sink = StoreStage(settings, store)
-    await ingest.start()  # creates the topics
-    await asyncio.gather(enrich.start(), sink.start())
-    tasks = [asyncio.create_task(ingest.run_ami(stop, idle_exit), name="ingest"),
-             asyncio.create_task(enrich.run(stop), name="enrich"),
-             asyncio.create_task(sink.run(stop), name="store")]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await ingest.start()  # creates the topics
+        await asyncio.gather(enrich.start(), sink.start())
+        tasks += [asyncio.create_task(ingest.run_ami(stop, idle_exit), name="ingest"),
+                  asyncio.create_task(enrich.run(stop), name="enrich"),
+                  asyncio.create_task(sink.run(stop), name="store")]
         quiet_since: float | None = None
         while True:
             done, _ = await asyncio.wait(tasks, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)

@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from contracts import kafka as k
 from contracts import metrics
@@ -160,6 +161,11 @@ class Producer:
     def __init__(self, producer: AIOKafkaProducer, stage: str) -> None:
         self._producer = producer
         self._stage = stage
+        # A batch is built (compressed, checksummed) when the sender drains it, on the event loop.
+        # Without idempotence nothing is added at drain time (an idempotent producer stamps its
+        # producer id and sequence then), so the batch can be built beforehand, in a thread.
+        self._prebuild = (producer._txn_manager is None and producer._compression_type is not None
+                          and hasattr(BatchBuilder, "_build"))
         self._partitions: dict[str, int] = {}
         self._memo: dict[bytes, int] = {}
         self._produced = metrics.KAFKA_PRODUCED.labels(stage)
@@ -202,7 +208,7 @@ class Producer:
                 if lst is None:
                     lst = by_partition[p] = []
                 lst.append(m)
-            futures: list[asyncio.Future[Any]] = []
+            batches: list[tuple[int, Any]] = []
             for p, msgs in by_partition.items():
                 batch = self._producer.create_batch()
                 for key, value, kind, ts in msgs:
@@ -210,9 +216,14 @@ class Producer:
                     while batch.append(key=key, value=value, timestamp=int(ts * 1000),
                                        headers=headers) is None:
                         batch.close()
-                        futures.append(await self._producer.send_batch(batch, topic, partition=p))
+                        batches.append((p, batch))
                         batch = self._producer.create_batch()
-                futures.append(await self._producer.send_batch(batch, topic, partition=p))
+                batches.append((p, batch))
+            if self._prebuild:
+                # compress off the event loop, the batches in parallel (cramjam releases the GIL)
+                await asyncio.gather(*(asyncio.to_thread(b._build) for _, b in batches))
+            futures: list[asyncio.Future[Any]] = [
+                await self._producer.send_batch(b, topic, partition=p) for p, b in batches]
             for f in futures:  # a failure left behind (deadline passed) must not log as unretrieved
                 f.add_done_callback(_retrieve)
             results = await asyncio.gather(*futures, return_exceptions=True)

@@ -403,3 +403,33 @@ def test_missing_topics_are_created_or_named(broker):
     created = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_partitions": 2})
     asyncio.run(ensure_topics(created, ["made-1"]))
     asyncio.run(ensure_topics(settings, ["made-1"]))  # exists now: fine
+
+
+@pytest.mark.parametrize("stage", ["ingest", "enrich", "store"])
+def test_a_stage_facing_no_broker_exits_with_one_clear_line(stage, tmp_path):
+    """Kafka unreachable at start: exit 1 with the error, and the clients closed (asyncio would
+    otherwise report them as unclosed)."""
+    env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "PBXPIPE_KAFKA_REQUEST_TIMEOUT_S": "2", "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp_path / "spool"),
+           "PBXPIPE_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'ch'}", "PYTHONWARNINGS": "always"}
+    out = subprocess.run([*PBXPIPE, stage], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "pbxpipe: error: Kafka at 127.0.0.1:" in out.stderr and "unreachable" in out.stderr
+    assert "Unclosed" not in out.stdout + out.stderr
+
+
+def test_batches_are_compressed_off_the_event_loop_unless_idempotent():
+    """Without idempotence a batch is final once filled, so it is built (compressed) in a
+    thread; an idempotent producer stamps each batch when it is sent, so there it is not."""
+    from pbxpipe.kafka import Producer, make_producer
+
+    async def prebuilds(**overrides: Any) -> bool:
+        producer = make_producer(load_settings({"kafka_bootstrap": "127.0.0.1:9", **overrides}))
+        try:
+            return Producer(producer, "test")._prebuild
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(prebuilds(kafka_idempotence=False))
+    assert not asyncio.run(prebuilds(kafka_idempotence=True))
+    assert not asyncio.run(prebuilds(kafka_idempotence=False, kafka_compression="none"))
