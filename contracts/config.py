@@ -73,7 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_create_topics: bool = True  # create missing topics; false: fail naming what to create
     kafka_enrich_group: str = "pbxpipe-enrich"
     kafka_store_group: str = "pbxpipe-store"
-    kafka_idempotence: bool = True  # idempotent producer (brokers without it: false)
+    kafka_idempotence: bool = True  # idempotent producer (brokers without it: false; then batches are compressed in threads, off the event loop)
     kafka_compression: str = "zstd"  # zstd | lz4 | gzip | none (aiokafka's lz4 is level 9: ~5x slower)
     kafka_linger_ms: int = 5
     kafka_max_batch_bytes: int = 1 << 20  # per partition and request
