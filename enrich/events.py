@@ -168,20 +168,24 @@ def decode(env: Envelope) -> Event | None:
 
 
 _DECODED_NAMES = frozenset(kind.encode() for kind in _SHAPE)
-_RECORDING_LINE = f"\r\nVariable: {RECORDING_VARIABLE}\r\n".encode()
+_VARIABLE_LINE = b"\r\nVariable: "
+_RECORDING_VALUE = f"{RECORDING_VARIABLE}\r\n".encode()
 
 
 def ignored_frame(frame: bytes) -> bool:
     """Whether :func:`decode` would map this raw frame (one frame's exact bytes, as on the raw
-    topic) to None, told from its bytes without parsing it: a CRLF event of a kind not decoded,
-    or a VarSet of another variable. Anything else — a frame the framer might read as several,
-    or not as an event — is not, so whatever is unreadable is still parsed and quarantined."""
+    topic) to None, told from its bytes without parsing it: an event of a kind not decoded, or
+    a VarSet whose (last) variable is another. Anything not an event, or naming no kind, is
+    not ignored, so whatever is unreadable is still parsed and quarantined. The reader passes
+    over only raw frames that hold one CRLF frame (see ``ingest.framing.read_frames``): no
+    other frame hides behind a blank line in them."""
     if not frame.startswith(b"Event: "):
         return False
     end = frame.find(b"\r\n", 7)
     if end < 8:
         return False
     name = frame[7:end]
-    if name in _DECODED_NAMES and (name != b"VarSet" or _RECORDING_LINE in frame):
-        return False
-    return b"\n\n" not in frame and frame.count(b"\n\r\n") == 1
+    if name != b"VarSet":
+        return name not in _DECODED_NAMES
+    at = frame.rfind(_VARIABLE_LINE)  # near the end: decode reads the last Variable
+    return at < 0 or not frame.startswith(_RECORDING_VALUE, at + len(_VARIABLE_LINE))

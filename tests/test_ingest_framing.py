@@ -267,3 +267,108 @@ def _no_blank_lines(item: Frame | tuple[str, bytes]) -> Frame | tuple[str, bytes
     if isinstance(item[0], str):
         return (item[0], item[1].lstrip(b"\r\n"))  # type: ignore[return-value]
     return item
+
+
+# ------------------------------------------------------------------ raw-topic messages (enrich)
+
+RAW_FRAMES = AmiFramer().feed_raw(RAW)[0]
+_MUTATIONS: dict[str, typing.Callable[[bytes], bytes]] = {
+    "as sent": lambda f: f,
+    "bare LF line": lambda f: f.replace(b"\r\n", b"\n", 1),
+    "blank line after": lambda f: f + b"\r\n",
+    "bare-LF blank line inside": lambda f: f.replace(b"\r\n", b"\n\n", 1),
+    "LF CRLF blank line inside": lambda f: f.replace(b"\r\n", b"\n\r\n", 1),
+    "a Hangup behind a bare-LF blank line": lambda f: f[:-4] + b"\n\nEvent: Hangup\r\n"
+                                                    b"Linkedid: 1.1\r\n\r\n",
+    "CRLF blank line inside": lambda f: f.replace(b"\r\n", b"\r\n\r\n", 1),
+    "not UTF-8": lambda f: f.replace(b": ", b": \xff", 1),
+    "a line that is no header": lambda f: f[:-2] + b"junk\r\n\r\n",
+    "CR inside a line": lambda f: f.replace(b": ", b": a\rb", 1),
+    "unterminated": lambda f: f[:-4],
+    "empty": lambda f: b"\r\n\r\n",
+    "recording VarSet": lambda f: b"Event: VarSet\r\nLinkedid: 1.1\r\n"
+                                  b"Variable: MIXMONITOR_FILENAME\r\nValue: a.wav\r\n\r\n",
+}
+
+
+def _read_outcome(read: typing.Callable[[], tuple[list, list]]) -> object:
+    """What a read gives, comparable: envelopes, errors as (seq, reason, detail, raw), or the
+    ValueError's message."""
+    try:
+        envs, bad = read()
+    except ValueError as e:
+        return str(e)
+    return envs, [(seq, e.reason, e.detail, e.raw) for seq, e in bad]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(RAW_FRAMES) - 1), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 11), st.sampled_from(sorted(_MUTATIONS))), max_size=2),
+       st.booleans(), st.sampled_from([1 << 20, 300]))
+def test_a_message_reads_the_same_on_the_fast_path_as_frame_by_frame(
+        picks: list[int], edits: list[tuple[int, str]], misaligned: bool, max_frame_bytes: int,
+) -> None:
+    """A raw-topic message of captured frames, some made odd (bare LFs, extra blank lines,
+    bytes not UTF-8, bad lines, oversized, sizes that do not line up): read_frames, passing
+    over the frames enrich ignores, gives exactly what the general frame-by-frame reading
+    gives (envelopes, errors with their seqs), and takes its one-pass way whenever every
+    frame is as Asterisk writes it."""
+    from contracts.envelope import AmiFrames
+    from enrich.events import ignored_frame
+    from ingest import framing
+
+    frames = [RAW_FRAMES[i] for i in picks]
+    for at, mutation in edits:
+        frames[at % len(frames)] = _MUTATIONS[mutation](frames[at % len(frames)])
+    raw = b"".join(frames)
+    sizes = [len(f) for f in frames]
+    if misaligned and len(sizes) > 1:
+        sizes[0] -= 1
+        sizes[1] += 1
+    batch = AmiFrames("acme", 3, [7 + 2 * n for n in range(len(frames))], sizes, 1.5, raw)
+    general = _read_outcome(
+        lambda: framing._read_any_frames(batch, max_frame_bytes, ignored_frame))
+    assert _read_outcome(lambda: framing.read_frames(batch, max_frame_bytes, ignored_frame)) \
+        == general
+    fast = framing._read_crlf_frames(batch, max_frame_bytes, ignored_frame)
+    if fast is not None:
+        assert _read_outcome(lambda: fast) == general
+    usual = {"as sent", "recording VarSet"}
+    if not misaligned and max_frame_bytes > len(raw) and {m for _, m in edits} <= usual:
+        assert fast is not None
+
+
+def test_a_message_of_the_capture_is_read_in_one_pass() -> None:
+    """The captured frames as one message: the fast path reads them all, the frames enrich
+    ignores passed over, the others exactly as the framer parses them."""
+    from contracts.envelope import AmiFrames
+    from enrich.events import decode, ignored_frame
+    from ingest import framing
+
+    body = [f for f in RAW_FRAMES if not f.startswith(b"Response")]
+    batch = AmiFrames("acme", 1, list(range(len(body))), [len(f) for f in body], 0.0,
+                      b"".join(body))
+    every = framing._read_crlf_frames(batch, 1 << 20, None)
+    kept = framing._read_crlf_frames(batch, 1 << 20, ignored_frame)
+    assert every is not None and kept is not None
+    assert [e.headers for e in every[0]] == [f for f in WHOLE if f[0][0] == "Event"]
+    kept_seqs = {e.seq for e in kept[0]}
+    assert kept[0] == [e for e in every[0] if e.seq in kept_seqs]
+    assert 0 < len(kept[0]) < len(every[0])
+    assert all(decode(e) is None for e in every[0] if e.seq not in kept_seqs)
+
+
+def test_a_bare_lf_before_the_blank_line_reads_the_same_whatever_shares_the_read() -> None:
+    """A frame whose last line ends in a bare LF, then a CRLF blank line, is one frame: alone,
+    after a good frame, or after a frame that is not UTF-8 (which once sent it another way)."""
+
+    def read(data: bytes) -> list[object]:
+        framer = AmiFramer(banner=False)
+        return [item if isinstance(item, tuple) else item.reason
+                for item in framer.feed(data) + framer.close()]
+
+    odd = b"Event: Newchannel\r\nLinkedid: 1.1\n\r\n\r\n"
+    frame = (("Event", "Newchannel"), ("Linkedid", "1.1"))
+    assert read(odd) == [frame]
+    assert read(b"Event: Hangup\r\nLinkedid: 1.1\r\n\r\n" + odd)[1:] == [frame]
+    assert read(b"Event: Hangup\r\nValue: \xff\r\n\r\n" + odd) == ["invalid_utf8", frame]
