@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import ClassVar
 
 import msgspec
 
@@ -62,36 +63,48 @@ _CAUSE_STATUS: dict[int, Status] = {
 }
 
 _SCAN_CHANNELS = 8
-"""A call finds its channels by a scan of a list (smaller than a dict) up to this many."""
+"""A call finds its channels by a scan of a chain (no container at all) up to this many."""
 
-# A call's state is small structs without GC headers (no cycles: channels never point back),
-# repeated strings interned: thousands of calls are held open at once.
+# A call's state is small structs without GC headers (no cycles: a channel points only to the
+# one that came before it), repeated strings interned, what few calls have in one optional
+# struct, each field where it is needed only: thousands of calls are held open at once
+# (bench: ``enrich memory``). Nothing depends on the order of a call's channels.
 
 
 class _Channel(msgspec.Struct, gc=False):
     """A channel nobody talks on (Local, ignored): the call only waits for its Hangup."""
 
     uniqueid: str
-    role: Role
     hungup: float | None = None
+    # the call's channel before it, while they chain (at most _SCAN_CHANNELS: a short chain,
+    # as freeing a long one recurses)
+    before: _Channel | None = None
 
 
 class _Party(_Channel, gc=False):
-    """A trunk or device channel: a party of the call, and a leg once it rings."""
+    """A device channel (a trunk's is its _Trunk… subclass): a party of the call."""
 
+    role: ClassVar[Role] = "device"  # of the class: one field fewer per party
     ext: str | None = ""  # read from the name; None: the caller ID says it, not seen yet
-    name: str = ""  # for the leg record; the origin's is never needed
     hangup_asked: float | None = None  # first (Soft)HangupRequest or Hangup
-    leg: int = 0  # order among the call's legs (its first DialBegin/DialEnd); 0: never rang
-    # when it rang; until then its Newchannel's time, where a DialEnd without DialBegin starts it
-    leg_start: float = 0.0
-    ring_end: float | None = None  # DialEnd: the answer when outcome is ANSWER
-    outcome: str = ""  # DialEnd's DialStatus
-    answered: int = 0  # order among the call's answers; 0: not answered
 
     @property
     def extension(self) -> str:
         return self.ext or ""
+
+
+class _Leg(_Party, gc=False):
+    """A party but the origin: a leg once it rings."""
+
+    name: str = ""  # the channel, for the leg record
+    # order among the call's legs: the call's event count at its first DialBegin/DialEnd;
+    # 0: never rang
+    leg: int = 0
+    # when it rang; until then its Newchannel's time, where a DialEnd without DialBegin starts it
+    leg_start: float = 0.0
+    ring_end: float | None = None  # DialEnd: the answer when outcome is ANSWER
+    outcome: str = ""  # DialEnd's DialStatus
+    answered: int = 0  # order among the call's answers (event count at it); 0: not answered
 
     @property
     def party(self) -> str:
@@ -102,8 +115,13 @@ class _Party(_Channel, gc=False):
         return self.ring_end if self.answered else None
 
 
+class _TrunkLeg(_Leg, gc=False):
+    role: ClassVar[Role] = "trunk"
+
+
 class _Origin(_Party, gc=False):
-    """The call's first trunk or device channel, with what the record takes from it alone."""
+    """The call's first trunk or device channel, with what the record takes from it alone.
+    Never a leg: a Dial that rings it is not one of the call's ringing attempts."""
 
     created: float | None = None  # the call's start
     callerid_num: str = ""  # a trunk's: the caller (a device's is its extension)
@@ -115,24 +133,39 @@ class _Origin(_Party, gc=False):
     disposition: str = ""
 
 
-class _Call(msgspec.Struct, gc=False):
-    linkedid: str
-    first_recv: float
-    first_time: float
-    last_time: float = 0.0
-    events: int = 0
-    open_channels: int = 0
-    closing_at: float | None = None
-    channels: list[_Channel] = []  # in order of appearance
-    index: dict[str, _Channel] | None = None  # uniqueid -> channel, once a scan would be slow
-    origin: _Origin | None = None
-    marks: int = 0  # the last leg / answer order given out
-    queue: str = ""
+class _TrunkOrigin(_Origin, gc=False):
+    role: ClassVar[Role] = "trunk"
+
+
+class _Rare(msgspec.Struct, gc=False):
+    """What few calls have: held apart so that the others do not pay for its fields."""
+
+    # uniqueid -> channel: all the channels, once a scan would be slow
+    index: dict[str, _Channel] | None = None
     transferred: bool = False  # a (successful) transfer event
     forwarded: bool = False
     recordings: list[str] | None = None
-    # CDR rows of channels not seen yet (rare): uniqueid -> (EndTime, disposition)
+    # CDR rows of channels not seen yet: uniqueid -> (EndTime, disposition)
     early_cdrs: dict[str, tuple[str, str]] | None = None
+
+
+class _Call(msgspec.Struct, gc=False):
+    linkedid: str
+    first_recv: float  # when its first event came, to the second above (see CallBuilder.feed)
+    first_time: float
+    last_time: float = 0.0
+    events: int = 0
+    # the newest of the chained channels (then rare.index holds them all): see _channels()
+    last: _Channel | None = None
+    origin: _Origin | None = None
+    queue: str = ""
+    rare: _Rare | None = None
+
+    def more(self) -> _Rare:
+        """The call's rare fields, made on first use."""
+        if self.rare is None:
+            self.rare = _Rare()
+        return self.rare
 
 
 class CallBuilder:
@@ -159,8 +192,11 @@ class CallBuilder:
         self._calls: dict[str, _Call] = {}
         self._closing: dict[str, float] = {}
         self._closed: OrderedDict[str, float] = OrderedDict()  # linkedid -> forget after
-        self._by_uniqueid: dict[str, str] = {}  # for Cdr events, which name no Linkedid
+        # uniqueid -> linkedid of the open calls' channels, for Cdr events, which name no
+        # Linkedid: built at the first Cdr fed without its message key, then kept up to date
+        self._by_uniqueid: dict[str, str] | None = None
         self._last_timeout_scan = 0.0
+        self._opened_second = float("-inf")  # the first_recv of the calls opened last
         self.rejected: dict[str, int] = {}  # reason -> count (late_event, no_pbx_leg…)
         self._handlers: dict[str, Callable[[_Call, Event], None]] = {
             "Newchannel": self._on_newchannel,
@@ -189,8 +225,13 @@ class CallBuilder:
         """Whether the call is held (not emitted yet): its events must be replayed after a restart."""
         return linkedid in self._calls
 
-    def feed(self, env: Envelope) -> list[Output]:
-        """Fold one envelope in. Returns quarantined input only; records come from advance()."""
+    def feed(self, env: Envelope, key: str = "") -> list[Output]:
+        """Fold one envelope in. Returns quarantined input only; records come from advance().
+
+        ``key``: the Linkedid of the raw topic's message key, "" when there is none. Ingest
+        routes a call's Cdr events to the call's key, so with it the builder needs no index of
+        channels for them (the index costs memory per open call).
+        """
         try:
             ev = decode(env)
         except MissingLinkedid as e:
@@ -206,7 +247,10 @@ class CallBuilder:
             return []
         linkedid = ev.linkedid
         if ev.kind == "Cdr":
-            linkedid = self._by_uniqueid.get(ev.uniqueid, linkedid)
+            if not key:
+                linkedid = self._cdr_call(ev.uniqueid, linkedid)
+            elif not linkedid:
+                linkedid = key if key in self._calls else ""  # as the index: open calls only
             if not linkedid:
                 self._reject("cdr_unrouted")
                 return []
@@ -215,7 +259,15 @@ class CallBuilder:
             if linkedid in self._closed:
                 self._reject("late_event")
                 return []
-            call = self._calls[linkedid] = _Call(linkedid, ev.recv, ev.time)
+            if linkedid == key:
+                linkedid = key  # the partition holds the key's string: one copy
+            opened = self._opened_second
+            if not opened - 1.0 < ev.recv <= opened:
+                # Timeouts are looked for once a second: the calls opened within a second share
+                # one time, the second's end (so none closes before its timeout). -(-x // 1):
+                # the ceiling, which unlike math.ceil takes a nan or an infinity.
+                opened = self._opened_second = -(-ev.recv // 1.0)
+            call = self._calls[linkedid] = _Call(linkedid, opened, ev.time)
         call.events += 1
         # hot path: a comparison costs less than a call to max() / min()
         if ev.time > call.last_time:  # noqa: PLR1730
@@ -247,8 +299,17 @@ class CallBuilder:
         """End of input: emit everything; calls with channels still up are incomplete."""
         out: list[Output] = []
         for linkedid, call in list(self._calls.items()):
-            out.extend(self._close(linkedid, incomplete=call.open_channels > 0))
+            out.extend(self._close(linkedid, incomplete=_up(call)))
         return out
+
+    def _cdr_call(self, uniqueid: str, linkedid: str) -> str:
+        """The open call that has the channel ``uniqueid``, else ``linkedid``."""
+        index = self._by_uniqueid
+        if index is None:
+            index = self._by_uniqueid = {
+                ch.uniqueid: call.linkedid for call in self._calls.values() for ch in _channels(call)
+            }
+        return index.get(uniqueid, linkedid)
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -264,22 +325,25 @@ class CallBuilder:
             # a device named without its extension is read from the caller ID (profile)
             extension = None if role == "device" and not ext else sys.intern(ext)
             if call.origin is None:
-                ch = call.origin = _Origin(uniqueid, role, ext=extension)
-                if call.early_cdrs and uniqueid in call.early_cdrs:
-                    ch.cdr_end, ch.disposition = call.early_cdrs.pop(uniqueid)
+                origin_type = _TrunkOrigin if role == "trunk" else _Origin
+                ch = call.origin = origin_type(uniqueid, ext=extension)
+                early = call.rare.early_cdrs if call.rare is not None else None
+                if early and uniqueid in early:
+                    ch.cdr_end, ch.disposition = early.pop(uniqueid)
             else:
-                ch = _Party(uniqueid, role, ext=extension, name=name)
+                ch = (_TrunkLeg if role == "trunk" else _Leg)(uniqueid, ext=extension, name=name)
         else:
-            ch = _Channel(uniqueid, role)
-        call.channels.append(ch)
-        if call.index is not None:
-            call.index[uniqueid] = ch
-        elif len(call.channels) > _SCAN_CHANNELS:
-            call.index = {c.uniqueid: c for c in call.channels}
-        call.open_channels += 1
-        call.closing_at = None
+            ch = _Channel(uniqueid)
+        rare = call.rare
+        if rare is not None and rare.index is not None:
+            rare.index[uniqueid] = ch
+        elif _chained(call) < _SCAN_CHANNELS:
+            ch.before, call.last = call.last, ch
+        else:  # from here on a dict finds them faster than a scan
+            call.more().index = {c.uniqueid: c for c in (*_chain(call), ch)}
         self._closing.pop(call.linkedid, None)
-        self._by_uniqueid[uniqueid] = call.linkedid
+        if self._by_uniqueid is not None:
+            self._by_uniqueid[uniqueid] = call.linkedid
         return ch
 
     def _on_newchannel(self, call: _Call, ev: Event) -> None:
@@ -287,7 +351,7 @@ class CallBuilder:
         if isinstance(ch, _Origin):
             ch.created = ev.time
             ch.exten = sys.intern(ev.exten)
-        elif isinstance(ch, _Party) and not ch.leg:
+        elif isinstance(ch, _Leg) and not ch.leg:
             ch.leg_start = ev.time
         if isinstance(ch, _Party):
             self._caller_id(ch, ev)
@@ -323,17 +387,14 @@ class CallBuilder:
                 ch.hangup_asked = ev.time
             if isinstance(ch, _Origin):
                 ch.cause, ch.cause_txt = ev.cause, sys.intern(ev.cause_txt)
-        call.open_channels -= 1
-        if call.open_channels <= 0:
-            call.closing_at = ev.recv + self.grace_s
-            self._closing[call.linkedid] = call.closing_at
+        if not _up(call):
+            self._closing[call.linkedid] = ev.recv + self.grace_s
 
     def _on_dial_begin(self, call: _Call, ev: Event) -> None:
         dest = self._channel(call, ev.dest_uniqueid, ev.dest_channel)
-        if not isinstance(dest, _Party) or dest.leg:
+        if not isinstance(dest, _Leg) or dest.leg:
             return
-        call.marks += 1
-        dest.leg, dest.leg_start = call.marks, ev.time
+        dest.leg, dest.leg_start = call.events, ev.time
         # The dialplan was handling extension X, yet another phone rings: a forward.
         if (
             ev.uniqueid
@@ -342,29 +403,27 @@ class CallBuilder:
             and dest.ext
             and dest.ext != ev.exten
         ):
-            call.forwarded = True
+            call.more().forwarded = True
 
     def _on_dial_end(self, call: _Call, ev: Event) -> None:
         dest = self._channel(call, ev.dest_uniqueid, ev.dest_channel)
-        if not isinstance(dest, _Party):
+        if not isinstance(dest, _Leg):
             return
         if not dest.leg:  # DialEnd without DialBegin (attended-transfer consultation)
-            call.marks += 1
-            dest.leg, dest.leg_start = call.marks, dest.leg_start or ev.time
+            dest.leg, dest.leg_start = call.events, dest.leg_start or ev.time
         if dest.outcome:  # app_queue sends a second DialEnd for legs that did not connect
             return
         dest.outcome = sys.intern(ev.dial_status)
         dest.ring_end = ev.time
         if ev.dial_status == "ANSWER":
-            call.marks += 1
-            dest.answered = call.marks
+            dest.answered = call.events
 
     def _on_queue_join(self, call: _Call, ev: Event) -> None:
         call.queue = call.queue or sys.intern(ev.queue)
 
     def _on_transfer(self, call: _Call, ev: Event) -> None:
         if ev.result in ("", "Success"):
-            call.transferred = True
+            call.more().transferred = True
 
     def _on_varset(self, call: _Call, ev: Event) -> None:
         if ev.value:  # decode keeps the recording's variable only
@@ -387,9 +446,10 @@ class CallBuilder:
                 origin.cdr_end = sys.intern(ev.cdr_end)
                 origin.disposition = sys.intern(ev.disposition)
         elif _find(call, ev.uniqueid) is None:
-            early = call.early_cdrs
+            rare = call.more()
+            early = rare.early_cdrs
             if early is None:
-                early = call.early_cdrs = {}
+                early = rare.early_cdrs = {}
             row = early.get(ev.uniqueid)
             if row is None or ev.cdr_end >= row[0]:
                 early[ev.uniqueid] = (ev.cdr_end, ev.disposition)
@@ -401,44 +461,88 @@ class CallBuilder:
 
     def _close(self, linkedid: str, *, incomplete: bool) -> list[Output]:
         call = self._calls.pop(linkedid)
-        self._closing.pop(linkedid, None)
-        for ch in call.channels:
-            self._by_uniqueid.pop(ch.uniqueid, None)
-        self._closed[linkedid] = (call.closing_at or call.first_recv) + self.tombstone_s
+        closing_at = self._closing.pop(linkedid, None)
+        if self._by_uniqueid is not None:
+            for ch in _channels(call):
+                self._by_uniqueid.pop(ch.uniqueid, None)
+        self._closed[linkedid] = (closing_at or call.first_recv) + self.tombstone_s
         origin = call.origin
         if origin is None:
             self._reject("no_pbx_leg")
             return []
-        legs = _legs(call, origin)
+        legs = _legs(call)
         record = summarize(call, origin, legs, self.profile, self.pbx_id, incomplete)
         if self.rate is not None:
             record = self.rate(record)
         return [record, *(_leg_record(leg, record) for leg in legs)]
 
 
+_NONE_RARE = _Rare()  # read-only: what a call without rare fields has
+
+
+def _chain(call: _Call) -> list[_Channel]:
+    """The chained channels, newest first."""
+    out = []
+    ch = call.last
+    while ch is not None:
+        out.append(ch)
+        ch = ch.before
+    return out
+
+
+def _chained(call: _Call) -> int:
+    n = 0
+    ch = call.last
+    while ch is not None:
+        n += 1
+        ch = ch.before
+    return n
+
+
+def _channels(call: _Call) -> Collection[_Channel]:
+    """The call's channels."""
+    rare = call.rare
+    return rare.index.values() if rare is not None and rare.index is not None else _chain(call)
+
+
+def _up(call: _Call) -> bool:
+    """Whether a channel of the call has not hung up."""
+    if call.rare is not None and call.rare.index is not None:
+        return any(c.hungup is None for c in call.rare.index.values())
+    ch = call.last
+    while ch is not None:
+        if ch.hungup is None:
+            return True
+        ch = ch.before
+    return False
+
+
 def _find(call: _Call, uniqueid: str) -> _Channel | None:
-    if call.index is not None:
-        return call.index.get(uniqueid)
-    for ch in call.channels:
+    if call.rare is not None and call.rare.index is not None:
+        return call.rare.index.get(uniqueid)
+    ch = call.last
+    while ch is not None:
         if ch.uniqueid == uniqueid:
             return ch
+        ch = ch.before
     return None
 
 
-def _legs(call: _Call, origin: _Origin) -> list[_Party]:
-    """The call's ringing attempts but the origin's, in the order they began."""
-    legs = [c for c in call.channels if isinstance(c, _Party) and c.leg and c is not origin]
+def _legs(call: _Call) -> list[_Leg]:
+    """The call's ringing attempts, in the order they began."""
+    legs = [c for c in _channels(call) if isinstance(c, _Leg) and c.leg]
     legs.sort(key=lambda c: c.leg)
     return legs
 
 
 def _add_recording(call: _Call, name: str) -> None:
     # the variable gives the PBX's full path, a userfield often just the file name: one file
-    if call.recordings is None:
-        call.recordings = []
+    rare = call.more()
+    if rare.recordings is None:
+        rare.recordings = []
     base = name.rsplit("/", 1)[-1]
-    if all(r.rsplit("/", 1)[-1] != base for r in call.recordings):
-        call.recordings.append(name)
+    if all(r.rsplit("/", 1)[-1] != base for r in rare.recordings):
+        rare.recordings.append(name)
 
 
 def _r(x: float) -> float:
@@ -446,12 +550,12 @@ def _r(x: float) -> float:
 
 
 def summarize(
-    call: _Call, origin: _Origin, legs: list[_Party], profile: PbxProfile, pbx_id: str,
+    call: _Call, origin: _Origin, legs: list[_Leg], profile: PbxProfile, pbx_id: str,
     incomplete: bool,
 ) -> CallRecord:
     """One record for the whole call, from its folded state (``legs``: :func:`_legs`)."""
     answers = sorted((leg for leg in legs if leg.answered), key=lambda c: c.answered)
-    humans = [c for c in call.channels if isinstance(c, _Party)]
+    humans = [c for c in _channels(call) if isinstance(c, _Party)]
 
     if origin.role == "trunk":
         direction = "inbound"
@@ -494,6 +598,7 @@ def summarize(
             rang.append(ext)
 
     distinct_answerers = {ch.party for ch in answers}
+    rare = call.rare or _NONE_RARE
     return CallRecord(
         call_id=f"{pbx_id}:{call.linkedid}",
         pbx_id=pbx_id,
@@ -517,16 +622,16 @@ def summarize(
         hangup_by=hangup_by,  # type: ignore[arg-type]
         extensions_rang=tuple(rang),
         queue=call.queue,
-        transferred=call.transferred or len(distinct_answerers) > 1,
-        forwarded=call.forwarded,
-        recordings=tuple(call.recordings or ()),
+        transferred=rare.transferred or len(distinct_answerers) > 1,
+        forwarded=rare.forwarded,
+        recordings=tuple(rare.recordings or ()),
         disposition=origin.disposition,
         incomplete=incomplete,
         version=call.events,
     )
 
 
-def _leg_record(ch: _Party, record: CallRecord) -> CallLeg:
+def _leg_record(ch: _Leg, record: CallRecord) -> CallLeg:
     answer = ch.answer
     end = ch.hungup if ch.hungup is not None else (ch.ring_end or record.end)
     rang_until = answer if answer is not None else (ch.ring_end or end)

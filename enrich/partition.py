@@ -8,11 +8,42 @@ calls already emitted are re-emitted with the same ids, which the store collapse
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Callable
 
 from contracts.envelope import Envelope
 from enrich.calls import CallBuilder, Output
+
+
+class _Opened:
+    """The calls one builder opened in this partition, in offset order, each with the offset of
+    its first event; a call stays until it was emitted and every call before it too.
+
+    Two flat arrays and a head, not a queue of tuples: this is held per open call.
+    """
+
+    __slots__ = ("builder", "head", "linkedids", "offsets")
+
+    def __init__(self, builder: CallBuilder) -> None:
+        self.builder = builder
+        self.offsets = array("q")
+        self.linkedids: list[str] = []  # the message key's string, which the builder shares
+        self.head = 0  # entries before it were emitted
+
+    def add(self, offset: int, linkedid: str) -> None:
+        self.offsets.append(offset)
+        self.linkedids.append(linkedid)
+
+    def oldest(self) -> int | None:
+        """The first offset of the oldest call still open, None when none is."""
+        head, linkedids, is_open = self.head, self.linkedids, self.builder.is_open
+        while head < len(linkedids) and not is_open(linkedids[head]):
+            head += 1
+        if head >= 1024 and 2 * head >= len(linkedids):  # drop what was emitted, amortized
+            del self.offsets[:head], linkedids[:head]
+            head = 0
+        self.head = head
+        return self.offsets[head] if head < len(linkedids) else None
 
 
 class PartitionEnricher:
@@ -21,9 +52,7 @@ class PartitionEnricher:
     def __init__(self, make_builder: Callable[[str], CallBuilder]) -> None:
         self._make_builder = make_builder
         self.builders: dict[str, CallBuilder] = {}
-        # (offset of the call's first event, its builder, linkedid) per call opened here, in
-        # offset order; a call stays until it was emitted and every call before it too
-        self._first: deque[tuple[int, CallBuilder, str]] = deque()
+        self._opened: dict[str, _Opened] = {}  # pbx_id -> the calls its builder opened here
         self._last_seq: dict[str, tuple[int, int]] = {}  # pbx_id -> (epoch, seq) last taken
         self.next_offset: int | None = None  # one past the last offset taken in
         self.stream_time = 0.0  # latest receive time seen: the clock of a backlog
@@ -33,6 +62,7 @@ class PartitionEnricher:
         b = self.builders.get(pbx_id)
         if b is None:
             b = self.builders[pbx_id] = self._make_builder(pbx_id)
+            self._opened[pbx_id] = _Opened(b)
         return b
 
     def feed(self, offset: int, linkedid: str, env: Envelope) -> list[Output]:
@@ -63,9 +93,9 @@ class PartitionEnricher:
         self.stream_time = max(self.stream_time, env.recv_time)
         b = self.builder(env.pbx_id)
         held = not linkedid or b.is_open(linkedid)
-        out = b.feed(env)
+        out = b.feed(env, linkedid)
         if not held and b.is_open(linkedid):
-            self._first.append((offset, b, linkedid))
+            self._opened[env.pbx_id].add(offset, linkedid)
         return out
 
     def fold_frames(self, offset: int, linkedid: str, pbx_id: str, recv_time: float,
@@ -77,10 +107,10 @@ class PartitionEnricher:
         feed = b.feed
         out: list[Output] = []
         for env in envs:
-            out += feed(env)
+            out += feed(env, linkedid)
         self.stream_time = max(self.stream_time, recv_time)
         if not held and b.is_open(linkedid):
-            self._first.append((offset, b, linkedid))
+            self._opened[pbx_id].add(offset, linkedid)
         return out
 
     def skip(self, offset: int) -> None:
@@ -105,10 +135,8 @@ class PartitionEnricher:
 
     def commit_offset(self) -> int | None:
         """The offset to commit: every message before it is reflected in emitted output."""
-        first = self._first
-        while first:
-            offset, b, linkedid = first[0]
-            if b.is_open(linkedid):
-                return offset if self.next_offset is None else min(offset, self.next_offset)
-            first.popleft()
-        return self.next_offset
+        oldest = [o for opened in self._opened.values() if (o := opened.oldest()) is not None]
+        if not oldest:
+            return self.next_offset
+        offset = min(oldest)
+        return offset if self.next_offset is None else min(offset, self.next_offset)

@@ -7,13 +7,16 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_enrich_capture import replay
 
 from contracts.envelope import Envelope
+from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallLeg, CallRecord, Quarantined
 from enrich.calls import CallBuilder
-from test_enrich_capture import replay
+from ingest.routing import CallRouter
 
 ROOT = Path(__file__).parent.parent
 
@@ -88,7 +91,7 @@ def test_talk_never_exceeds_duration(cut, capture_envelopes, capture_profile):
 def test_call_is_emitted_only_after_the_grace_period(capture_envelopes, capture_profile):
     """Nothing is emitted while channels are up or within grace; then exactly once."""
     calls = per_call(capture_envelopes)
-    lid, events = next(iter(calls.items()))
+    _, events = next(iter(calls.items()))
     builder = CallBuilder(capture_profile, grace_s=2.0)
     for env in events:
         builder.feed(env)
@@ -96,7 +99,7 @@ def test_call_is_emitted_only_after_the_grace_period(capture_envelopes, capture_
     last = max(e.recv_time for e in events)
     assert builder.advance(last + 1.0) == []
     out = builder.advance(last + 2.5)
-    assert [type(r).__name__ for r in out][0] == "CallRecord"
+    assert isinstance(out[0], CallRecord)
     assert builder.open_calls == 0
     # a late event for the closed call is counted, not turned into a ghost call
     builder.feed(events[-1])
@@ -116,6 +119,57 @@ def test_call_without_hangup_times_out_incomplete(capture_envelopes, capture_pro
     out = builder.advance(start + 61)
     rec = next(r for r in out if isinstance(r, CallRecord))
     assert rec.incomplete and rec.linkedid == lid
+
+
+@settings(max_examples=30, deadline=None)
+@given(opened=st.floats(1.0, 2e9), timeout=st.floats(1.0, 86400.0))
+def test_a_call_never_times_out_before_its_timeout(opened, timeout):
+    """Calls opened within a second share their open time, yet none closes before timeout_s
+    after its first event came, and each closes within the second after (advance runs often)."""
+    builder = CallBuilder(DEFAULT_PROFILE, timeout_s=timeout)
+    for n, recv in enumerate((opened, opened + 0.4)):
+        builder.feed(Envelope("acme", 0, n, recv, (("Event", "Newchannel"), ("Uniqueid", f"1.{n}"),
+                                                    ("Linkedid", f"1.{n}"),
+                                                    ("Channel", "PJSIP/trunk-pstn-00000001"))))
+    assert builder.advance(opened + timeout - 0.001) == [] and builder.open_calls == 2
+    out = builder.advance(opened + timeout + 1.5)
+    assert sorted(r.linkedid for r in out if isinstance(r, CallRecord) and r.incomplete) == [
+        "1.0", "1.1"]
+
+
+def _raw(env: Envelope) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in env.headers).encode() + b"\r\n"
+
+
+def test_cdrs_follow_the_message_key_as_they_follow_their_channel(capture_envelopes,
+                                                                    capture_profile):
+    """Cdr events name no Linkedid without cdr_manager's mapping. Fed each frame's raw-topic
+    key (ingest's routing), the builder folds them into the calls it folds them into without
+    keys, where it looks their party-A channel up: the same records and legs."""
+    envelopes = [msgspec.structs.replace(e, headers=tuple(h for h in e.headers if h[0] != "LinkedID"))
+                 if e.name == "Cdr" else e for e in capture_envelopes]
+    assert sum(e.name == "Cdr" for e in envelopes) > 26
+    router = CallRouter()
+    keyed = CallBuilder(capture_profile, grace_s=2.0)
+    out = []
+    for env in envelopes:
+        name = env.name.encode() if env.headers[0][0] == "Event" else b""
+        out += keyed.feed(env, router.linkedid(_raw(env), name).decode())
+        out += keyed.advance(env.recv_time)
+    out += keyed.flush()
+    assert out == replay(envelopes, capture_profile)
+    assert all(r.disposition for r in out if isinstance(r, CallRecord))
+
+
+def test_a_keyed_cdr_of_no_open_call_is_counted_not_made_a_call(capture_profile):
+    """A Cdr without a Linkedid whose key names no open call (its call was emitted already) is
+    counted as unrouted, as without a key; it does not open a call."""
+    cdr = Envelope("acme", 0, 1, 1.0, (("Event", "Cdr"), ("UniqueID", "9.9"),
+                                       ("EndTime", "2026-11-24 16:53:09"), ("Disposition", "ANSWERED")))
+    for key in ("9.9", ""):
+        builder = CallBuilder(capture_profile)
+        assert builder.feed(cdr, key) == []
+        assert builder.open_calls == 0 and builder.rejected == {"cdr_unrouted": 1}
 
 
 def test_event_without_linkedid_is_quarantined(capture_profile):
