@@ -352,3 +352,73 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
                        "quarantine": 1}
     latency = REGISTRY.get_sample_value("pbxpipe_store_call_latency_seconds_count")
     assert latency - latency_before == len(calls) + 1000
+
+
+class RecordingStore:
+    """The real store, noting each Arrow insert (table, rows, token) and the most inserts that
+    ran at once."""
+
+    def __init__(self, real: ClickHouseStore) -> None:
+        self.real = real
+        self.inserts: list[tuple[str, int, str]] = []
+        self.running = 0
+        self.most_at_once = 0
+
+    def write_arrow(self, table: Any, data: pa.Table, token: str) -> int:
+        self.running += 1  # inserts run in worker threads: += is enough to see an overlap
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return self.real.write_arrow(table, data, token)
+        finally:
+            self.running -= 1
+            self.inserts.append((table.name, data.num_rows, token))
+
+    def write_quarantine(self, rows: list[Quarantined], token: str) -> int:
+        return self.real.write_quarantine(rows, token)
+
+
+@pytest.mark.integration
+def test_a_fetch_bigger_than_a_batch_is_inserted_batch_by_batch_in_offset_order(
+        broker: Broker, store: ClickHouseStore) -> None:
+    """Messages already on the topic fill several batches: each insert holds ``batch_rows`` rows
+    (whole messages), one insert runs at a time while the next batch fills, the inserts' offset
+    ranges follow each other without a gap or an overlap, on_written sees every row, and every
+    offset ends committed."""
+    from pbxpipe.kafka import Producer, TopicPartition, ensure_topics, make_producer
+    from pbxpipe.stage_store import StoreStage
+
+    cfg = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
+                         "kafka_partitions": 1, "kafka_records_topic": "split-records",
+                         "kafka_store_group": "split-store", "batch_rows": 1000,
+                         "batch_age_s": 30.0})
+    calls = [msgspec.structs.replace(missed(5000 + i), pbx_id="split") for i in range(3000)]
+    msgs = [(b"split:x", rt.encode(rt.table(rt.CALLS, calls[i:i + 100])), k.KIND_CALL_BATCH, T0)
+            for i in range(0, len(calls), 100)]
+    recording = RecordingStore(store)
+    written: list[int] = []
+
+    async def scenario() -> int:
+        await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
+        producer = Producer(make_producer(cfg), "test")
+        await producer.start()
+        try:
+            await producer.send(cfg.kafka_records_topic, msgs)
+        finally:
+            await producer.stop()
+        stage = StoreStage(cfg, recording, on_written=lambda _t, data: written.append(data.num_rows))
+        await stage.start()
+        try:
+            await stage.run(asyncio.Event(), idle_exit=1.0)
+            return int(await stage.consumer.committed(TopicPartition(cfg.kafka_records_topic, 0)))
+        finally:
+            await stage.close()
+
+    committed = asyncio.run(scenario())
+    assert [(t, n) for t, n, _ in recording.inserts] == [("calls", 1000)] * 3
+    ranges = [token.rsplit("/", 1)[1].split("-") for _, _, token in recording.inserts]
+    assert [(int(a), int(b)) for a, b in ranges] == [(0, 9), (10, 19), (20, 29)]
+    assert recording.most_at_once == 1
+    assert written == [1000] * 3
+    assert committed == len(msgs)
+    [n] = store.query("SELECT count() AS n FROM calls FINAL WHERE pbx_id = 'split'")
+    assert n["n"] == len(calls)
