@@ -164,7 +164,9 @@ class Producer:
         # A batch is built (compressed, checksummed) when the sender drains it, on the event loop.
         # Without idempotence nothing is added at drain time (an idempotent producer stamps its
         # producer id and sequence then), so the batch can be built beforehand, in a thread.
-        self._prebuild = (producer._txn_manager is None and producer._compression_type is not None
+        # (aiokafka internals, read defensively: another aiokafka simply builds on the loop)
+        self._prebuild = (getattr(producer, "_txn_manager", True) is None
+                          and getattr(producer, "_compression_type", None) is not None
                           and hasattr(BatchBuilder, "_build"))
         self._partitions: dict[str, int] = {}
         self._memo: dict[bytes, int] = {}
