@@ -54,18 +54,25 @@ class SpendWatch:
         if (not rule.enabled or record.direction != "outbound"
                 or record.destination_category not in rule.categories):
             return []
-        hour = int(record.start // 3600)
+        return self.watched(record.pbx_id, record.caller, record.start, record.cost,
+                            record.currency, record.call_id)
+
+    def watched(self, pbx_id: str, caller: str, start: float, cost: Decimal, currency: str,
+                call_id: str) -> list[TariffAlert]:
+        """:meth:`observe` of an outbound call to a watched category, by the fields it reads."""
+        rule = self.rule
+        hour = int(start // 3600)
         if hour < self._newest - self.keep_hours:
             return []  # too late to judge that hour
         if hour > self._newest:
             self._newest = hour
             for k in [k for k in self._hours if k[2] < hour - self.keep_hours]:
                 del self._hours[k]
-        key = record.pbx_id if rule.scope == "customer" else f"{record.pbx_id}/{record.caller}"
-        h = self._hours.setdefault((record.pbx_id, key, hour), _Hour())
+        key = pbx_id if rule.scope == "customer" else f"{pbx_id}/{caller}"
+        h = self._hours.setdefault((pbx_id, key, hour), _Hour())
         h.calls += 1
-        h.cost += record.cost
-        h.currency = h.currency or record.currency
+        h.cost += cost
+        h.currency = h.currency or currency
         out: list[TariffAlert] = []
         for kind, over, threshold in (
             ("spend", rule.max_cost > 0 and h.cost > rule.max_cost, rule.max_cost),
@@ -73,16 +80,16 @@ class SpendWatch:
         ):
             if over and kind not in h.alerted:
                 h.alerted = h.alerted | {kind}
-                out.append(self._alert(record, key, hour, kind, threshold, h))
+                out.append(self._alert(pbx_id, call_id, start, key, hour, kind, threshold, h))
         return out
 
-    def _alert(self, record: CallRecord, key: str, hour: int, kind: str, threshold: Decimal,
-               h: _Hour) -> TariffAlert:
+    def _alert(self, pbx_id: str, call_id: str, start: float, key: str, hour: int, kind: str,
+               threshold: Decimal, h: _Hour) -> TariffAlert:
         ident = f"{self.rule.scope}\x00{key}\x00{hour}\x00{kind}"
         return TariffAlert(
             alert_id=hashlib.blake2b(ident.encode(), digest_size=12).hexdigest(),
-            pbx_id=record.pbx_id, scope=self.rule.scope, key=key, hour=float(hour * 3600),
+            pbx_id=pbx_id, scope=self.rule.scope, key=key, hour=float(hour * 3600),
             kind=kind, threshold=threshold, calls=h.calls, cost=h.cost, currency=h.currency,
-            categories=",".join(sorted(self.rule.categories)), call_id=record.call_id,
-            at=record.start,
+            categories=",".join(sorted(self.rule.categories)), call_id=call_id,
+            at=start,
         )

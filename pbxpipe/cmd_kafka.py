@@ -156,6 +156,7 @@ def _spend_watch(settings: Settings, store: Any) -> Callable[[str, Any], None] |
     stage = rating_stage(settings, _profile(settings), store)
     if stage is None:
         return None
+    import pyarrow.acero  # noqa: F401  observe_table's group_by runs on it: loaded now, not in the first flush
 
     def observe(table: str, rows: Any) -> None:  # an Arrow table of the stored rows
         if table != "calls":

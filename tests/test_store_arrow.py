@@ -199,8 +199,9 @@ def test_spend_alerts_over_a_table_match_alerts_over_records() -> None:
     the per-record watch does."""
     from pbxpipe.rating import rating_stage
 
-    cfg = load_settings({"tariff_alert_calls_per_hour": 2, "tariff_alert_cost_per_hour": "0"})
-    calls = [call(i) for i in range(4)] + [missed(10), call(11, destination_category="mobile")]
+    cfg = load_settings({"tariff_alert_calls_per_hour": 2, "tariff_alert_cost_per_hour": "3"})
+    calls = ([call(i) for i in range(4)] + [missed(10), call(11, destination_category="mobile")]
+             + [call(20 + i, caller="102", cost=Decimal("1.75")) for i in range(2)])
 
     def rated(pbx: str) -> float:
         return REGISTRY.get_sample_value("pbxpipe_tariffs_rated_calls_total",
@@ -210,12 +211,17 @@ def test_spend_alerts_over_a_table_match_alerts_over_records() -> None:
     assert per_record is not None
     before = rated("pbx1")
     want = [a for c in calls for a in per_record.observe(c)]
-    assert rated("pbx1") - before == 5
+    assert rated("pbx1") - before == 7
     per_table = rating_stage(cfg, DEFAULT_PROFILE)
     assert per_table is not None
     got = per_table.observe_table(rt.table(rt.CALLS, calls))
-    assert rated("pbx1") - before == 10
-    assert got == want and len(got) == 1
+    assert rated("pbx1") - before == 14
+    # 101: 4.94 > 3 at its third call, 3 calls > 2 at the same; 102: 3.50 > 3 at its second
+    assert [(a.key, a.kind, a.call_id, a.cost) for a in got] == [
+        ("pbx1/101", "spend", f"pbx1:{T0 + 2}", Decimal("3.7038")),
+        ("pbx1/101", "calls", f"pbx1:{T0 + 2}", Decimal("3.7038")),
+        ("pbx1/102", "spend", f"pbx1:{T0 + 21}", Decimal("3.5000"))]
+    assert got == want
 
 
 # -- ClickHouse (chDB) ---------------------------------------------------------------------------
