@@ -136,8 +136,10 @@ class StoreStage:
         try:
             while True:
                 try:
+                    insert_started = time.perf_counter()
                     for kind, data in batch.items():
                         await asyncio.to_thread(self._write, kind, data, self._token(kind.table))
+                    inserted = time.perf_counter() - insert_started
                     break
                 except StoreError as e:
                     if not retry:
@@ -178,7 +180,8 @@ class StoreStage:
         self.last_at = time.perf_counter()
         self._log.info("batch_flushed", rows=self._pending, calls=n_calls,
                        legs=0 if legs is None else legs.num_rows,
-                       seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1)
+                       seconds=round(time.perf_counter() - started, 3),
+                       insert_s=round(inserted, 3), attempts=attempt + 1)
         self._drop_pending()
 
     async def step(self) -> int:
@@ -194,42 +197,44 @@ class StoreStage:
         observe_lag(self.consumer, k.STAGE_STORE, fetched)
         started = time.perf_counter()
         poison: list[Poison] = []
-        total = 0
-        pending = self._pending
+        decoded: list[tuple[TopicPartition, int, Kind | None, pa.Table | None]] = []
+        total = rows = 0
         for tp, records in fetched.items():
-            if not records:
-                continue
             total += len(records)
-            if not self._ranges:
-                self._opened_at = self.clock()
             for r in records:
                 header = kind_of(r)
                 kind = records_topic.BY_MESSAGE_KIND.get(header)
+                data = None
                 if kind is None:
                     poison.append((r, k.DLQ_UNKNOWN_KIND, f"kind header {header!r}"))
-                    continue
-                try:
-                    if header == kind.batch_kind:
-                        data = records_topic.decode(kind, r.value or b"")
-                    else:
-                        data = records_topic.decode_record(kind, r.value or b"")
-                except RecordsError as e:
-                    poison.append((r, k.DLQ_UNDECODABLE, str(e)))
-                    continue
-                self._tables[kind].append(data)
-                self._pending += data.num_rows
-            first = self._ranges.get(tp, (records[0].offset, 0))[0]
-            self._ranges[tp] = (first, records[-1].offset)
+                else:
+                    try:
+                        if header == kind.batch_kind:
+                            data = records_topic.decode(kind, r.value or b"")
+                        else:
+                            data = records_topic.decode_record(kind, r.value or b"")
+                        rows += data.num_rows
+                    except RecordsError as e:
+                        poison.append((r, k.DLQ_UNDECODABLE, str(e)))
+                decoded.append((tp, r.offset, kind, data))  # poison too: its offset is committed
         if total:
-            self._rows_per_message = max(1.0, (self._pending - pending) / total)
+            self._rows_per_message = max(1.0, rows / total)
             self.last_input = time.time()
             self._consumed.inc(total)
             self.first_at = self.first_at or started  # the busy time includes this decode
         self._caught_up = not total
         poison_guard(k.STAGE_STORE, len(poison), total, s.kafka_poison_ratio)
-        await self.dead.send(poison)
-        if self._ranges and (self._pending >= s.batch_rows
-                              or self.clock() - self._opened_at >= s.batch_age_s):
+        await self.dead.send(poison)  # before any commit that covers them
+        for tp, offset, kind, data in decoded:
+            if not self._ranges:
+                self._opened_at = self.clock()
+            self._ranges[tp] = (self._ranges.get(tp, (offset, 0))[0], offset)
+            if kind is not None and data is not None:
+                self._tables[kind].append(data)
+                self._pending += data.num_rows
+                if self._pending >= s.batch_rows:  # a fetch larger than a batch: split
+                    await self._flush()
+        if self._ranges and self.clock() - self._opened_at >= s.batch_age_s:
             await self._flush()
         return total
 

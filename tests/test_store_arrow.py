@@ -358,3 +358,37 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
                        "quarantine": 1}
     latency = REGISTRY.get_sample_value("pbxpipe_store_call_latency_seconds_count")
     assert latency - latency_before == len(calls) + 1000
+
+
+@pytest.mark.integration
+def test_store_stage_splits_a_fetch_larger_than_a_batch(broker: Broker, store: ClickHouseStore) -> None:
+    """One fetch brings 6,000 call rows in 500-row messages; with ``batch_rows`` 1,000 they go
+    in as six inserts of 1,000 rows (not one of 6,000), each committed, every call stored once."""
+    from pbxpipe.kafka import Producer, ensure_topics, make_producer
+    from pbxpipe.stage_store import StoreStage
+
+    cfg = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
+                         "kafka_partitions": 1, "batch_rows": 1000, "batch_age_s": 30.0,
+                         "kafka_records_topic": "split.records", "kafka_store_group": "split"})
+    calls = [msgspec.structs.replace(missed(5000 + i), pbx_id="split") for i in range(6000)]
+    msgs = [m for i in range(0, len(calls), 500) for m in rt.messages(calls[i : i + 500])]
+    inserts: list[int] = []
+
+    async def scenario() -> None:
+        await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
+        producer = Producer(make_producer(cfg), "test")
+        await producer.start()
+        try:
+            await producer.send(cfg.kafka_records_topic, msgs)
+        finally:
+            await producer.stop()
+        stage = StoreStage(cfg, store, on_written=lambda table, data: inserts.append(data.num_rows))
+        await stage.start()
+        await stage.run(asyncio.Event(), idle_exit=1.0)
+        await stage.close()
+
+    asyncio.run(scenario())
+    assert len(msgs) == 12
+    assert inserts == [1000] * 6
+    [n] = store.query("SELECT count() AS n, uniqExact(call_id) AS u FROM calls WHERE pbx_id = 'split'")
+    assert (n["n"], n["u"]) == (6000, 6000)
