@@ -26,8 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ami_max_retries: int = -1  # -1: retry forever; 0: exit non-zero on the first failure
     max_frame_bytes: int = 1 << 20
     clickhouse_dsn: str = "chdb:///./data/clickhouse"
-    batch_rows: int = 10_000
-    batch_age_s: float = 1.0
+    batch_rows: int = 10_000  # rows per ClickHouse insert: a batch closes at this many (a larger fetch is split)
+    batch_age_s: float = 1.0  # ...or when its first row has waited this long
     queue_size: int = 10_000
     call_grace_s: float = 2.0  # after the last Hangup, wait this long for late events (Cdr…)
     call_timeout_s: float = 4 * 3600.0  # close a call whose Hangup never comes, flagged incomplete

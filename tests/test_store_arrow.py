@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from contracts import kafka as k
 from contracts import metrics
-from contracts.config import load_settings
+from contracts.config import Settings, load_settings
 from contracts.metrics import REGISTRY
 from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallLeg, CallRecord, Quarantined
@@ -300,6 +300,25 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.stop()
 
 
+async def _through_the_store_stage(cfg: Settings, store: ClickHouseStore, msgs: list[Any],
+                                   on_written: Callable[[str, pa.Table], None]) -> None:
+    """Produce ``msgs`` to the records topic, then run a StoreStage over it until idle."""
+    from pbxpipe.kafka import Producer, ensure_topics, make_producer
+    from pbxpipe.stage_store import StoreStage
+
+    await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
+    producer = Producer(make_producer(cfg), "test")
+    await producer.start()
+    try:
+        await producer.send(cfg.kafka_records_topic, msgs)
+    finally:
+        await producer.stop()
+    stage = StoreStage(cfg, store, on_written=on_written)
+    await stage.start()
+    await stage.run(asyncio.Event(), idle_exit=1.0)
+    await stage.close()
+
+
 @pytest.mark.integration
 def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
         broker: Broker, store: ClickHouseStore) -> None:
@@ -307,10 +326,6 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
     dead-letter topic with its reason and origin, every call and leg of the other messages is
     stored, a replayed batch leaves one row per call, on_written sees the inserted tables and the
     hangup-to-insert histogram counts each call row inserted."""
-
-    from pbxpipe.kafka import Producer, ensure_topics, make_producer
-    from pbxpipe.stage_store import StoreStage
-
     cfg = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                          "kafka_partitions": 2, "batch_age_s": 0.2})
     calls = [msgspec.structs.replace(missed(100 + i), pbx_id="stage") for i in range(2500)]
@@ -326,17 +341,7 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
         written[table] = written.get(table, 0) + data.num_rows
 
     async def scenario() -> list[Any]:
-        await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
-        producer = Producer(make_producer(cfg), "test")
-        await producer.start()
-        try:
-            await producer.send(cfg.kafka_records_topic, msgs)
-        finally:
-            await producer.stop()
-        stage = StoreStage(cfg, store, on_written=on_written)
-        await stage.start()
-        await stage.run(asyncio.Event(), idle_exit=1.0)
-        await stage.close()
+        await _through_the_store_stage(cfg, store, msgs, on_written)
         return await read_topic(broker.bootstrap, cfg.kafka_dead_letter_topic)
 
     dead = asyncio.run(scenario())
@@ -364,8 +369,6 @@ def test_store_stage_dead_letters_a_poison_batch_and_stores_the_rest(
 def test_store_stage_splits_a_fetch_larger_than_a_batch(broker: Broker, store: ClickHouseStore) -> None:
     """One fetch brings 6,000 call rows in 500-row messages; with ``batch_rows`` 1,000 they go
     in as six inserts of 1,000 rows (not one of 6,000), each committed, every call stored once."""
-    from pbxpipe.kafka import Producer, ensure_topics, make_producer
-    from pbxpipe.stage_store import StoreStage
 
     cfg = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                          "kafka_partitions": 1, "batch_rows": 1000, "batch_age_s": 30.0,
@@ -374,20 +377,8 @@ def test_store_stage_splits_a_fetch_larger_than_a_batch(broker: Broker, store: C
     msgs = [m for i in range(0, len(calls), 500) for m in rt.messages(calls[i : i + 500])]
     inserts: list[int] = []
 
-    async def scenario() -> None:
-        await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
-        producer = Producer(make_producer(cfg), "test")
-        await producer.start()
-        try:
-            await producer.send(cfg.kafka_records_topic, msgs)
-        finally:
-            await producer.stop()
-        stage = StoreStage(cfg, store, on_written=lambda table, data: inserts.append(data.num_rows))
-        await stage.start()
-        await stage.run(asyncio.Event(), idle_exit=1.0)
-        await stage.close()
-
-    asyncio.run(scenario())
+    asyncio.run(_through_the_store_stage(cfg, store, msgs,
+                                         lambda table, data: inserts.append(data.num_rows)))
     assert len(msgs) == 12
     assert inserts == [1000] * 6
     [n] = store.query("SELECT count() AS n, uniqExact(call_id) AS u FROM calls WHERE pbx_id = 'split'")
