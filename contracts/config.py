@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_fetch_max_wait_ms: int = 500  # a fetch waits this long at most; a broker that holds it to the end (Tansu) adds it to every hop
     kafka_spool_dir: str = "./data/spool"  # ingest's local append-only spool while Kafka is down
     kafka_spool_max_bytes: int = 1 << 30  # past this the spool drops new frames (counted)
+    kafka_spool_fsync_s: float = 1.0  # spooled frames are fdatasync'd (survive a power loss) at most this long after; 0: at once
     kafka_poison_ratio: float = 0.5  # a consumer stops when more than this share of a batch is poison
     kafka_backoff_max_s: float = 10.0  # cap of the store's retry backoff while ClickHouse is down
 
@@ -94,6 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tariff_alert_calls_per_hour: int = 20  # watched calls per scope and clock hour above this alert (0: off)
 
 SECRET_FIELDS = SECRET_FIELDS | {"kafka_sasl_password"}  # kafka
+KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none", "")  # "": none
 
 
 def env_name(field: str) -> str:
@@ -109,9 +111,16 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
             raw[field] = env[env_name(field)]
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid setting: {e} (environment variables {ENV_PREFIX}*)") from None
+    if settings.kafka_compression not in KAFKA_COMPRESSIONS:
+        # checked here, before a stage builds anything: aiokafka refuses it only in the producer's
+        # constructor, when the stage's spool and consumer exist already
+        raise ConfigError(f"invalid setting: kafka_compression {settings.kafka_compression!r} is "
+                          f"not one of {', '.join(KAFKA_COMPRESSIONS[:-1])} "
+                          f"({env_name('kafka_compression')})")
+    return settings
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -135,6 +135,11 @@ INGEST_SPOOL_DROPPED = Counter(
     "pbxpipe_ingest_spool_dropped_total", "Frames dropped because the spool was full.", ["pbx"],
     registry=REGISTRY,
 )
+INGEST_SPOOL_CURSOR_RECOVERIES = Counter(
+    "pbxpipe_ingest_spool_cursor_recoveries_total",
+    "Starts that found the spool's cursor unreadable (a machine crash): the spool was sent again "
+    "from its oldest record; enrich drops what Kafka already had.", ["pbx"], registry=REGISTRY,
+)
 ENRICH_DUPLICATES = Counter(
     "pbxpipe_enrich_duplicate_events_total",
     "Envelopes seen twice (a re-sent produce batch), skipped.", ["pbx"], registry=REGISTRY,

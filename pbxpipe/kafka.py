@@ -8,10 +8,11 @@ and a round is awaited as a whole: never one await per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -114,6 +115,41 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
         log.info("topics_created", topics=missing, partitions=settings.kafka_partitions)
     finally:
         await admin.close()
+
+
+class Client(Protocol):
+    """A Kafka client a stage owns: AIOKafkaConsumer, AIOKafkaProducer or :class:`Producer`."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def start_clients(settings: Settings, topics: Iterable[str], *clients: Client) -> None:
+    """Make sure ``topics`` exist, then start ``clients`` in order. If a step fails, every client
+    is stopped before the error propagates: aiokafka reports a consumer or producer as unclosed
+    (from its ``__del__``) unless ``stop()`` ran, started or not, and ``stop()`` is safe on a
+    client never or only half started."""
+    try:
+        await ensure_topics(settings, topics)
+        for client in clients:
+            await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error to report is the one that stopped the start
+            await stop_clients(*reversed(clients))
+        raise
+
+
+async def stop_clients(*clients: Client) -> None:
+    """Stop each client in turn, even when stopping one fails (its error is raised after)."""
+    failure: Exception | None = None
+    for client in clients:
+        try:
+            await client.stop()
+        except Exception as e:  # noqa: BLE001  # the next client still has to stop
+            failure = failure or e
+    if failure is not None:
+        raise failure
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:

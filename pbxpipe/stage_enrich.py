@@ -35,9 +35,10 @@ from pbxpipe.kafka import (
     KafkaError,
     Producer,
     TopicPartition,
-    ensure_topics,
     make_consumer,
     make_producer,
+    start_clients,
+    stop_clients,
 )
 from pbxpipe.stages import (
     Poison,
@@ -87,15 +88,13 @@ class EnrichStage:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(s, [s.kafka_raw_topic, s.kafka_records_topic, s.kafka_dead_letter_topic])
-        await self.producer.start()
-        await self.consumer.start()
+        await start_clients(s, [s.kafka_raw_topic, s.kafka_records_topic, s.kafka_dead_letter_topic],
+                            self.producer, self.consumer)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._commit(set(self.parts))
-        await self.consumer.stop()
-        await self.producer.stop()
+        await stop_clients(self.consumer, self.producer)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # everything emitted is acknowledged at this point: commit, then forget the state

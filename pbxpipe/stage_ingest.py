@@ -26,7 +26,7 @@ from contracts.records import Quarantined, record_encoder
 from ingest.framing import AmiFramer, quarantined
 from ingest.routing import CallBatcher
 from ingest.spool import Spool
-from pbxpipe.kafka import KafkaError, Message, Producer, ensure_topics, make_producer
+from pbxpipe.kafka import KafkaError, Message, Producer, make_producer, start_clients
 
 log = structlog.get_logger("pbxpipe.stage_ingest")
 
@@ -59,6 +59,10 @@ class IngestStage:
         self._log = log.bind(stage=k.STAGE_INGEST, pbx=settings.pbx_id)
         self._spool_gauge = metrics.INGEST_SPOOL_BYTES.labels(settings.pbx_id)
         self._dropped = metrics.INGEST_SPOOL_DROPPED.labels(settings.pbx_id)
+        self._spool_sync: asyncio.Task[None] | None = None  # the spool's sync, running or the last
+        if self.spool.cursor_recovered:  # a machine crash left the cursor unreadable
+            metrics.INGEST_SPOOL_CURSOR_RECOVERIES.labels(settings.pbx_id).inc()
+            self._log.warning("spool_cursor_recovered", resent_bytes=self.spool.bytes)
         self._epoch_base = int(clock() * 1000)
         self.busy_s = 0.0
 
@@ -111,20 +115,36 @@ class IngestStage:
         if not items:
             return
         refused = self.spool.append(items)
+        self._sync_spool_soon()
         if refused:
             self._dropped.inc(refused)
             self._log.error("spool_full_frames_dropped", dropped=refused,
                             max_bytes=self.settings.kafka_spool_max_bytes)
         self._spool_gauge.set(self.spool.bytes)
 
+    def _sync_spool_soon(self) -> None:
+        """Have the spool synced within kafka_spool_fsync_s (a sync on its way covers this too)."""
+        if self._spool_sync is not None:
+            if not self._spool_sync.done():
+                return
+            self._spool_sync.result()  # a failed sync stops ingest, as a failed write does
+        self._spool_sync = asyncio.create_task(self._sync_spool(), name="spool-sync")
+
+    async def _sync_spool(self) -> None:
+        # fdatasync can take long on a busy disk: in a thread, or the AMI reader would stall and
+        # Asterisk drop it
+        while self.spool.unsynced:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.kafka_spool_fsync_s)
+            await asyncio.to_thread(self.spool.sync)
+
     @property
     def idle(self) -> bool:
         return not self.pending and self.spool.empty
 
     async def start(self) -> None:
-        await ensure_topics(self.settings, [self.topic, self.settings.kafka_records_topic,
-                                            self.settings.kafka_dead_letter_topic])
-        await self.producer.start()
+        await start_clients(self.settings, [self.topic, self.settings.kafka_records_topic,
+                                            self.settings.kafka_dead_letter_topic], self.producer)
 
     async def pump(self) -> None:
         """Move frames to Kafka until :meth:`stop`, then deliver (or spool) what is left."""
@@ -169,6 +189,7 @@ class IngestStage:
                 continue
             backoff = 0.2
             self.spool.consume()
+            self._sync_spool_soon()
             self.sent += len(head)
             self._spool_gauge.set(self.spool.bytes)
             self._log.info("spool_drained", messages=len(head), left_bytes=self.spool.bytes)
@@ -188,7 +209,9 @@ class IngestStage:
 
     async def close(self) -> None:
         await self.producer.stop()
-        self.spool.close()
+        if self._spool_sync is not None:
+            await self._spool_sync  # one sync at a time
+        await asyncio.to_thread(self.spool.close)  # syncs what is left, off the event loop
 
     async def run_capture(self, paths: Sequence[Path]) -> int:
         """A raw AMI capture into the raw topic, as if it came from the PBX: one connection (an

@@ -29,9 +29,10 @@ from pbxpipe.kafka import (
     KafkaError,
     Producer,
     TopicPartition,
-    ensure_topics,
     make_consumer,
     make_producer,
+    start_clients,
+    stop_clients,
 )
 from pbxpipe.records_topic import Kind, RecordsError
 from pbxpipe.stages import (
@@ -82,13 +83,11 @@ class StoreStage:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(s, [s.kafka_records_topic, s.kafka_dead_letter_topic])
-        await self.producer.start()
-        await self.consumer.start()
+        await start_clients(s, [s.kafka_records_topic, s.kafka_dead_letter_topic],
+                            self.producer, self.consumer)
 
     async def close(self) -> None:
-        await self.consumer.stop()
-        await self.producer.stop()
+        await stop_clients(self.consumer, self.producer)
 
     @property
     def idle(self) -> bool:

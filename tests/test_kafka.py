@@ -418,6 +418,60 @@ def test_a_stage_facing_no_broker_exits_with_one_clear_line(stage, tmp_path):
     assert "Unclosed" not in out.stdout + out.stderr
 
 
+FAILED_START = """
+import asyncio, sys
+from contracts.config import load_settings
+from contracts.errors import BrokerError
+from contracts.profile import DEFAULT_PROFILE
+from pbxpipe.stage_enrich import EnrichStage
+from pbxpipe.stage_ingest import IngestStage
+from pbxpipe.stage_store import StoreStage
+
+async def main(stage):
+    settings = load_settings()
+    stage = {"ingest": lambda: IngestStage(settings), "enrich": lambda: EnrichStage(settings, DEFAULT_PROFILE),
+             "store": lambda: StoreStage(settings, None)}[stage]()
+    try:
+        await stage.start()
+    except BrokerError as e:
+        print("start failed:", e, file=sys.stderr)
+    if hasattr(stage, "spool"):
+        stage.spool.close()  # not a Kafka client: the caller's to close
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["ingest", "enrich", "store"])
+def test_a_stage_whose_start_fails_has_closed_its_clients(stage, tmp_path):
+    """A start() that fails (Kafka unreachable) stops the clients it created before the error
+    reaches the caller, so a caller without a close() of its own (a benchmark) leaves nothing
+    for aiokafka to report as unclosed."""
+    env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "PBXPIPE_KAFKA_REQUEST_TIMEOUT_S": "2", "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp_path / "spool"),
+           "PYTHONWARNINGS": "always"}
+    out = subprocess.run([sys.executable, "-c", FAILED_START, stage], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "start failed: Kafka at 127.0.0.1:" in out.stderr and "unreachable" in out.stderr
+    assert "Unclosed" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("stage", ["ingest", "enrich", "store"])
+def test_a_stage_given_an_unknown_compression_exits_with_one_clear_line(stage, tmp_path):
+    """A misspelt compression is a configuration error naming the setting, raised before any
+    client exists: no traceback, and no consumer left unclosed."""
+    env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "PBXPIPE_KAFKA_COMPRESSION": "snapy", "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp_path / "spool"),
+           "PBXPIPE_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'ch'}", "PYTHONWARNINGS": "always"}
+    out = subprocess.run([*PBXPIPE, stage], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 1, out.stderr
+    assert "pbxpipe: error: " in out.stderr and "PBXPIPE_KAFKA_COMPRESSION" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "Unclosed" not in out.stdout + out.stderr
+
+
 def test_batches_are_compressed_off_the_event_loop_unless_idempotent():
     """Without idempotence a batch is final once filled, so it is built (compressed) in a
     thread; an idempotent producer stamps each batch when it is sent, so there it is not."""
