@@ -245,6 +245,10 @@ class CallBuilder:
             ]
         if ev is None:
             return []
+        return self.fold(ev, key)
+
+    def fold(self, ev: Event, key: str = "") -> list[Output]:
+        """Fold one decoded event in (see :meth:`feed`)."""
         linkedid = ev.linkedid
         if ev.kind == "Cdr":
             if not key:

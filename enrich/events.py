@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.envelope import LINKEDID_HEADERS, Envelope
+from contracts.envelope import LINKEDID_HEADERS, AmiFrames, Envelope
+from ingest.framing import CRLF2, LineMemo, Unreadable
 
 UNKNOWN = "<unknown>"
 
@@ -77,7 +78,7 @@ def _clean(v: str | None) -> str:
     return "" if v is None or v == UNKNOWN else v
 
 
-def _time(ts: str | None, recv: float) -> float:
+def _time(ts: str | bytes | None, recv: float) -> float:
     try:
         return float(ts) if ts else recv
     except ValueError:
@@ -113,10 +114,14 @@ def decode(env: Envelope) -> Event | None:
         return Event(kind=kind, time=_time(headers[2][1], recv), recv=recv,
                      linkedid=headers[-3][1], variable=headers[-2][1], value=headers[-1][1])
     h = dict(headers)  # repeated headers: the last wins, which is fine for these kinds
-    get = h.get
-    if shape == _VARSET and get("Variable") != RECORDING_VARIABLE:
+    if shape == _VARSET and h.get("Variable") != RECORDING_VARIABLE:
         return None
-    time = _time(get("Timestamp"), recv)
+    return _event(kind, shape, h, _time(h.get("Timestamp"), recv), recv)
+
+
+def _event(kind: str, shape: int, h: dict[str, str], time: float, recv: float) -> Event:
+    """The event of a decoded kind from its headers (the last of a repeated one)."""
+    get = h.get
     if shape == _CDR:
         # cdr_manager names the party-A channel's id "UniqueID"; Linkedid only via [mappings]
         return Event(
@@ -167,9 +172,31 @@ def decode(env: Envelope) -> Event | None:
     return Event(kind=kind, time=time, recv=recv, linkedid=linkedid, result=get("Result", ""))  # _TRANSFER
 
 
-_DECODED_NAMES = frozenset(kind.encode() for kind in _SHAPE)
+_READ_ONLY = -1
+"""Not an event, or naming no kind: its lines are read (an unreadable one is quarantined), and
+nothing is decoded."""
+_KINDS: dict[bytes, tuple[str, int]] = {kind.encode(): (kind, shape) for kind, shape in _SHAPE.items()}
+_NOT_DECODED = ("", _READ_ONLY)
 _VARIABLE_LINE = b"\r\nVariable: "
 _RECORDING_VALUE = f"{RECORDING_VARIABLE}\r\n".encode()
+
+
+def _judge(frame: bytes) -> tuple[str, int] | None:
+    """A raw frame's kind and shape told from its bytes, None when :func:`decode` would map it
+    to None: an event of a kind not decoded, or a VarSet whose (last) variable is another."""
+    if not frame.startswith(b"Event: "):
+        return _NOT_DECODED
+    end = frame.find(b"\r\n", 7)
+    if end < 8:
+        return _NOT_DECODED
+    name = frame[7:end]
+    kind = _KINDS.get(name)
+    if kind is None:  # unless a bare LF ends the line early: then the parse decides
+        return None if name.find(b"\n") < 0 else _NOT_DECODED
+    if kind[1] != _VARSET:
+        return kind
+    at = frame.rfind(_VARIABLE_LINE)  # near the end: decode reads the last Variable
+    return kind if at >= 0 and frame.startswith(_RECORDING_VALUE, at + len(_VARIABLE_LINE)) else None
 
 
 def ignored_frame(frame: bytes) -> bool:
@@ -179,13 +206,68 @@ def ignored_frame(frame: bytes) -> bool:
     not ignored, so whatever is unreadable is still parsed and quarantined. The reader passes
     over only raw frames that hold one CRLF frame (see ``ingest.framing.read_frames``): no
     other frame hides behind a blank line in them."""
-    if not frame.startswith(b"Event: "):
-        return False
-    end = frame.find(b"\r\n", 7)
-    if end < 8:
-        return False
-    name = frame[7:end]
-    if name != b"VarSet":
-        return name not in _DECODED_NAMES
-    at = frame.rfind(_VARIABLE_LINE)  # near the end: decode reads the last Variable
-    return at < 0 or not frame.startswith(_RECORDING_VALUE, at + len(_VARIABLE_LINE))
+    return _judge(frame) is None
+
+
+_RAW_LINES: LineMemo[bytes] = LineMemo()
+"""Header lines by their bytes: a raw-topic message is read without decoding it."""
+_TIMESTAMP = b"Timestamp: "
+
+
+def read_events(batch: AmiFrames, max_frame_bytes: int = 1 << 20) -> list[Event | Envelope] | None:
+    """A raw-topic message as Asterisk writes them, read in one pass straight into events:
+    :func:`decode` of each of its frames, the frames it maps to None left out, and as an
+    envelope each frame it rejects (:class:`MissingLinkedid`), for the builder to quarantine.
+    None for any other message, which ``ingest.framing.read_frames`` reads the general way.
+
+    The usual message: every raw frame one CRLF frame of well-formed lines, within the size
+    limit. Whatever is unusual (a bare LF, an extra blank line, sizes that do not line up, a
+    line the memo of lines does not read, bytes that are not UTF-8) gives None. Frames of the
+    kinds not decoded are passed over unparsed (see :func:`ignored_frame`).
+    """
+    raw, sizes, seqs = batch.raw, batch.sizes, batch.seqs
+    if (not sizes or len(sizes) != len(seqs) or sum(sizes) != len(raw)
+            or max(sizes) - 4 > max_frame_bytes):
+        return None
+    # No blank line but the frames' own: each raw frame, ending with one (checked below),
+    # holds one CRLF frame. One look at the message, not one per frame.
+    if raw.find(b"\n\n") >= 0 or raw.count(b"\n\r\n") != len(sizes):
+        return None
+    recv = batch.recv_time
+    get = _RAW_LINES.__getitem__
+    out: list[Event | Envelope] = []
+    append = out.append
+    pos = 0
+    try:
+        for seq, size in zip(seqs, sizes):
+            frame = raw[pos : pos + size]
+            pos += size
+            if frame[-4:] != CRLF2:
+                return None
+            judged = _judge(frame)
+            if judged is None:
+                continue
+            lines = frame.split(b"\r\n")
+            del lines[-2:]  # the blank line: a blank line inside is a line the memo refuses
+            # The Timestamp, third as Asterisk writes it, is read here: unique to its event,
+            # it would only ever miss the memo.
+            stamp = lines[2] if len(lines) > 2 else b""
+            if stamp.startswith(_TIMESTAMP) and stamp.isascii() and stamp.find(b"\n") < 0:
+                del lines[2]
+                stamp = stamp[len(_TIMESTAMP):]
+            else:
+                stamp = b""
+            h = dict(map(get, lines))
+            kind, shape = judged
+            if shape == _READ_ONLY:
+                continue
+            later = h.get("Timestamp")  # repeated: the last wins, as in decode
+            time = _time(stamp if later is None else later, recv)
+            try:
+                append(_event(kind, shape, h, time, recv))
+            except MissingLinkedid:
+                append(Envelope(batch.pbx_id, batch.epoch, seq, recv,
+                                tuple(map(get, frame.split(b"\r\n")[:-2]))))
+    except (Unreadable, UnicodeDecodeError):
+        return None
+    return out

@@ -9,10 +9,11 @@ calls already emitted are re-emitted with the same ids, which the store collapse
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from contracts.envelope import Envelope
 from enrich.calls import CallBuilder, Output
+from enrich.events import Event
 
 
 class _Opened:
@@ -99,15 +100,16 @@ class PartitionEnricher:
         return out
 
     def fold_frames(self, offset: int, linkedid: str, pbx_id: str, recv_time: float,
-                    envs: list[Envelope]) -> list[Output]:
+                    frames: Sequence[Event | Envelope]) -> list[Output]:
         """Fold the frames of the message at ``offset`` (one call's, see :meth:`accept`), all
-        received by ``recv_time``."""
+        received by ``recv_time``: decoded already (``enrich.events.read_events``), or as
+        envelopes."""
         b = self.builder(pbx_id)
         held = not linkedid or b.is_open(linkedid)
-        feed = b.feed
+        feed, fold = b.feed, b.fold
         out: list[Output] = []
-        for env in envs:
-            out += feed(env, linkedid)
+        for frame in frames:
+            out += fold(frame, linkedid) if isinstance(frame, Event) else feed(frame, linkedid)
         self.stream_time = max(self.stream_time, recv_time)
         if not held and b.is_open(linkedid):
             self._opened[pbx_id].add(offset, linkedid)

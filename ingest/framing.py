@@ -26,7 +26,7 @@ RAW_KEEP_BYTES = 4096
 
 _BANNER_RE = re.compile(rb"^[^:\r\n]+/[^\s:]+$")
 _BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
-_CRLF2 = b"\r\n\r\n"
+CRLF2 = b"\r\n\r\n"
 _Line = TypeVar("_Line", str, bytes)
 
 
@@ -167,10 +167,10 @@ class AmiFramer:
                 for part in parts:
                     try:
                         append(tuple(map(get, part.split("\r\n"))))
-                    except _Unreadable:
+                    except Unreadable:
                         # with its blank line: a bare LF before it belongs to it, as in
                         # the slow way over the whole read
-                        self._frames_slow(part.encode("utf-8") + _CRLF2, out)
+                        self._frames_slow(part.encode("utf-8") + CRLF2, out)
                 return
         self._frames_slow(bytes(chunk), out)
 
@@ -179,11 +179,11 @@ class AmiFramer:
         # Fast path, AMI as Asterisk writes it: split at CRLF blank lines, one scan. A frame
         # that holds other blank lines (bare LFs) stays one raw frame here: the parse in
         # enrich reads it as the frames it holds (see split_frames).
-        if chunk.endswith(_CRLF2):
-            parts = chunk.split(_CRLF2)
+        if chunk.endswith(CRLF2):
+            parts = chunk.split(CRLF2)
             parts.pop()  # what follows the final blank line: nothing
             if len(chunk) <= self.max_frame_bytes or max(map(len, parts)) <= self.max_frame_bytes:
-                frames += [part + _CRLF2 for part in parts]
+                frames += [part + CRLF2 for part in parts]
                 return
         limit = self.max_frame_bytes
         start = pos = 0  # start: of the next frame's bytes; pos: of the next part
@@ -219,11 +219,11 @@ class AmiFramer:
             out.append(parse_frame(text, part))
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """A line the fast path will not decide on."""
 
 
-class _LineMemo(dict[_Line, tuple[str, str]]):
+class LineMemo(dict[_Line, tuple[str, str]]):
     """``line -> (key, value)`` for well-formed CRLF header lines, bounded.
 
     Most AMI lines repeat (``Privilege: call,all``, ``Context: …``, a call's channel name),
@@ -242,16 +242,16 @@ class _LineMemo(dict[_Line, tuple[str, str]]):
     def __missing__(self, line: _Line) -> tuple[str, str]:
         pair = self._old.get(line)
         if pair is None:
-            # as parse_frame reads the line of a CRLF frame; _Unreadable (or UnicodeDecodeError)
+            # as parse_frame reads the line of a CRLF frame; Unreadable (or UnicodeDecodeError)
             # for a line the memo does not decide on: no name, a stray CR or LF, no colon
             text = line if isinstance(line, str) else line.decode("utf-8")
             key, sep, value = text.partition(": ")
             if not sep:
                 if text[-1:] != ":":
-                    raise _Unreadable
+                    raise Unreadable
                 key, value = text[:-1], ""
             if not key or "\n" in text or "\r" in text:
-                raise _Unreadable
+                raise Unreadable
             pair = (key, value)
             if key == "Timestamp":  # unique per event: would only crowd the others out
                 return pair
@@ -266,9 +266,7 @@ class _LineMemo(dict[_Line, tuple[str, str]]):
         self._old = {}
 
 
-_LINES: _LineMemo[str] = _LineMemo()
-_RAW_LINES: _LineMemo[bytes] = _LineMemo()
-"""The same memo keyed by a line's bytes: a raw-topic message is read without decoding it."""
+_LINES: LineMemo[str] = LineMemo()
 
 
 def _last_blank_line_end(stream: bytes | bytearray, start: int) -> int:
@@ -339,22 +337,16 @@ def split_frames(raw: bytes, sizes: list[int],
 def read_frames(batch: AmiFrames, max_frame_bytes: int = 1 << 20,
                 ignored: Callable[[bytes], bool] | None = None,
                 ) -> tuple[list[Envelope], list[tuple[int, FrameError]]]:
-    """A raw-topic message read: its frames as envelopes, and those that cannot be read with
-    their seq. Raises ValueError when the message does not hold the frames it numbers.
+    """A raw-topic message read raw frame by raw frame: its frames as envelopes, and those that
+    cannot be read with their seq. Raises ValueError when the message does not hold the frames
+    it numbers. (Enrich reads a message as Asterisk writes it in one pass,
+    ``enrich.events.read_events``; this is the general way, for any other.)
 
     ``ignored`` judges a raw frame from its bytes; those it is true of are passed over unparsed
     (the reader's own judgement that it would drop them unread) if they hold exactly one CRLF
     frame, so that no other frame can hide behind a blank line in them."""
     if len(batch.sizes) != len(batch.seqs):
         raise ValueError(f"{len(batch.sizes)} frame sizes for {len(batch.seqs)} frames")
-    read = _read_crlf_frames(batch, max_frame_bytes, ignored)
-    return _read_any_frames(batch, max_frame_bytes, ignored) if read is None else read
-
-
-def _read_any_frames(batch: AmiFrames, max_frame_bytes: int,
-                     ignored: Callable[[bytes], bool] | None,
-                     ) -> tuple[list[Envelope], list[tuple[int, FrameError]]]:
-    """:func:`read_frames` of any message, the general way: raw frame by raw frame."""
     seqs, sizes, raw = batch.seqs, batch.sizes, batch.raw
     if ignored is not None and sum(sizes) == len(raw):
         kept_seqs: list[int] = []
@@ -385,46 +377,7 @@ def _one_crlf_frame(frame: bytes) -> bool:
     """Whether a raw frame is one frame ending with a CRLF blank line and holding no other."""
     # find, not ``in``: bytes.__contains__ first tries the operand as an int, at the cost of
     # formatting (and dropping) a TypeError each time
-    return frame.endswith(_CRLF2) and frame.find(b"\n\n") < 0 and frame.count(b"\n\r\n") == 1
-
-
-def _read_crlf_frames(batch: AmiFrames, max_frame_bytes: int,
-                      ignored: Callable[[bytes], bool] | None,
-                      ) -> tuple[list[Envelope], list[tuple[int, FrameError]]] | None:
-    """:func:`read_frames` of a message as Asterisk writes them, None for any other.
-
-    The usual message: every raw frame one CRLF frame of well-formed lines, within the size
-    limit. Each is read where it stands, undecoded: its lines looked up in the memo of lines.
-    Whatever is unusual (a bare LF, an extra blank line, sizes that do not line up, a line the
-    memo does not read, bytes that are not UTF-8) gives None, and the general reading
-    decides, raw frame by raw frame, as it always did.
-    """
-    raw, sizes = batch.raw, batch.sizes
-    if not sizes or sum(sizes) != len(raw) or max(sizes) - 4 > max_frame_bytes:
-        return None
-    # No blank line but the frames' own: each raw frame, ending with one (checked below),
-    # holds one CRLF frame (see _one_crlf_frame). One look at the message, not one per frame.
-    if raw.find(b"\n\n") >= 0 or raw.count(b"\n\r\n") != len(sizes):
-        return None
-    pbx, epoch, recv = batch.pbx_id, batch.epoch, batch.recv_time
-    get = _RAW_LINES.__getitem__
-    envs: list[Envelope] = []
-    append = envs.append
-    pos = 0
-    try:
-        for seq, size in zip(batch.seqs, sizes):
-            frame = raw[pos : pos + size]
-            pos += size
-            if frame[-4:] != _CRLF2:
-                return None
-            if ignored is not None and ignored(frame):
-                continue
-            lines = frame.split(b"\r\n")
-            del lines[-2:]  # the blank line: a blank line inside is a line the memo refuses
-            append(Envelope(pbx, epoch, seq, recv, tuple(map(get, lines))))
-    except (_Unreadable, UnicodeDecodeError):
-        return None
-    return envs, []
+    return frame.endswith(CRLF2) and frame.find(b"\n\n") < 0 and frame.count(b"\n\r\n") == 1
 
 
 def quarantined(err: FrameError, pbx_id: str, received_at: float) -> Quarantined:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
@@ -20,12 +20,13 @@ from aiokafka import AIOKafkaConsumer
 from contracts import kafka as k
 from contracts import metrics
 from contracts.config import Settings
-from contracts.envelope import envelope_decoder, frames_decoder
+from contracts.envelope import Envelope, envelope_decoder, frames_decoder
+from contracts.errors import FrameError
 from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
 from contracts.records import CallRecord, quarantined_decoder
 from enrich.calls import CallBuilder, Output
-from enrich.events import ignored_frame
+from enrich.events import Event, ignored_frame, read_events
 from enrich.partition import PartitionEnricher
 from ingest.framing import quarantined, read_frames
 from pbxpipe import records_topic
@@ -221,17 +222,21 @@ class EnrichStage:
             return "no frames"
         if not pe.accept(r.offset, batch.pbx_id, batch.epoch, batch.seqs[0]):
             return ""  # folded already: a produce round sent twice
-        try:
-            envs, bad = read_frames(batch, self.settings.max_frame_bytes, ignored_frame)
-        except ValueError as e:
-            return str(e)
+        frames: Sequence[Event | Envelope] | None = read_events(batch, self.settings.max_frame_bytes)
+        bad: list[tuple[int, FrameError]] = []
+        if frames is None:  # not as Asterisk writes them: the general way, frame by frame
+            try:
+                envs, bad = read_frames(batch, self.settings.max_frame_bytes, ignored_frame)
+            except ValueError as e:
+                return str(e)
+            frames = envs
         for seq, err in bad:  # unreadable: kept, counted, logged once per kind
             metrics.INGEST_QUARANTINED.labels(batch.pbx_id, err.reason).inc()
             self._once.warning(err.reason, "frame_quarantined", detail=err.detail,
                                raw_bytes=len(err.raw), pbx=batch.pbx_id, epoch=batch.epoch, seq=seq)
             outputs.append(quarantined(err, batch.pbx_id, batch.recv_time))
         outputs += pe.fold_frames(r.offset, k.split_key(r.key)[1], batch.pbx_id,
-                                  batch.recv_time, envs)
+                                  batch.recv_time, frames)
         return ""
 
     async def run(self, stop: asyncio.Event, idle_exit: float | None = None) -> None:

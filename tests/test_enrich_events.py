@@ -138,6 +138,7 @@ def test_frames_judged_ignored_from_their_bytes_are_the_ones_decode_drops():
         b"Event: Newexten\r\nno header\r\n\r\n",  # unreadable, so not read: as filtered
         b"Event: Hangup\r\nno header\r\n\r\n",
         b"Response: Success\r\n\r\n",
+        b"Event: Newstate\nLinkedid: 1\r\n\r\n",  # a bare LF ends the name's line
     ]
     skipped: dict[bytes, str] = {}
     for frame in _raw_frames((CAPTURE / "ami_raw.log").read_bytes()) + awkward:
@@ -156,7 +157,7 @@ def test_frames_judged_ignored_from_their_bytes_are_the_ones_decode_drops():
     assert {"VarSet", "Newexten"} <= set(skipped.values())
     assert [f in skipped for f in awkward] == [
         True, True, False, False, False, False, True, True, True, False, False, True, False,
-        False]
+        False, False]
 
 
 def test_reading_a_message_without_the_ignored_frames_builds_the_same_calls(capture_profile):

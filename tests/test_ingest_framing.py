@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contracts.envelope import Envelope
 from contracts.errors import FrameError
 from contracts.records import QuarantineReason
 from ingest.framing import AmiFramer, Frame, quarantined, split_frames
@@ -220,7 +221,7 @@ def test_the_line_memo_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch
     """The memo of header lines rotates when full; frames are the same, memory is bounded."""
     from ingest import framing
 
-    monkeypatch.setattr(framing._LineMemo, "max_entries", 64)
+    monkeypatch.setattr(framing.LineMemo, "max_entries", 64)
     framing._LINES.reset()
     try:
         assert frame_all(cut(RAW, range(0, len(RAW), 65536))) == WHOLE
@@ -288,6 +289,10 @@ _MUTATIONS: dict[str, typing.Callable[[bytes], bytes]] = {
     "empty": lambda f: b"\r\n\r\n",
     "recording VarSet": lambda f: b"Event: VarSet\r\nLinkedid: 1.1\r\n"
                                   b"Variable: MIXMONITOR_FILENAME\r\nValue: a.wav\r\n\r\n",
+    "Timestamp not a number": lambda f: f.replace(b"Timestamp: ", b"Timestamp: x", 1),
+    "Timestamp with a bare LF": lambda f: f.replace(b"Timestamp: ", b"Timestamp: 1\n", 1),
+    "Timestamp twice": lambda f: f[:-2] + b"Timestamp: 5.5\r\n\r\n",
+    "no Linkedid": lambda f: f.replace(b"Linkedid: ", b"LinkedXd: "),
 }
 
 
@@ -301,20 +306,37 @@ def _read_outcome(read: typing.Callable[[], tuple[list, list]]) -> object:
     return envs, [(seq, e.reason, e.detail, e.raw) for seq, e in bad]
 
 
+def _decoded(envs: list) -> list:
+    """What the builder is given of read envelopes: decode's event of each, none for those it
+    maps to None, the envelope itself for one it rejects (no Linkedid)."""
+    from enrich.events import MissingLinkedid, decode
+
+    out = []
+    for env in envs:
+        try:
+            ev = decode(env)
+        except MissingLinkedid:
+            out.append(env)
+            continue
+        if ev is not None:
+            out.append(ev)
+    return out
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(0, len(RAW_FRAMES) - 1), min_size=1, max_size=12),
        st.lists(st.tuples(st.integers(0, 11), st.sampled_from(sorted(_MUTATIONS))), max_size=2),
        st.booleans(), st.sampled_from([1 << 20, 300]))
-def test_a_message_reads_the_same_on_the_fast_path_as_frame_by_frame(
+def test_a_message_reads_the_same_in_one_pass_as_frame_by_frame(
         picks: list[int], edits: list[tuple[int, str]], misaligned: bool, max_frame_bytes: int,
 ) -> None:
     """A raw-topic message of captured frames, some made odd (bare LFs, extra blank lines,
-    bytes not UTF-8, bad lines, oversized, sizes that do not line up): read_frames, passing
-    over the frames enrich ignores, gives exactly what the general frame-by-frame reading
-    gives (envelopes, errors with their seqs), and takes its one-pass way whenever every
-    frame is as Asterisk writes it."""
+    bytes not UTF-8, bad lines, odd Timestamps, no Linkedid, oversized, sizes that do not line
+    up): when read_events reads it in one pass, it gives exactly the events that the general
+    frame-by-frame reading (passing over the frames enrich ignores) and decode give, and it
+    takes its way whenever every frame is as Asterisk writes it."""
     from contracts.envelope import AmiFrames
-    from enrich.events import ignored_frame
+    from enrich.events import ignored_frame, read_events
     from ingest import framing
 
     frames = [RAW_FRAMES[i] for i in picks]
@@ -326,36 +348,34 @@ def test_a_message_reads_the_same_on_the_fast_path_as_frame_by_frame(
         sizes[0] -= 1
         sizes[1] += 1
     batch = AmiFrames("acme", 3, [7 + 2 * n for n in range(len(frames))], sizes, 1.5, raw)
-    general = _read_outcome(
-        lambda: framing._read_any_frames(batch, max_frame_bytes, ignored_frame))
-    assert _read_outcome(lambda: framing.read_frames(batch, max_frame_bytes, ignored_frame)) \
-        == general
-    fast = framing._read_crlf_frames(batch, max_frame_bytes, ignored_frame)
-    if fast is not None:
-        assert _read_outcome(lambda: fast) == general
-    usual = {"as sent", "recording VarSet"}
+    general = _read_outcome(lambda: framing.read_frames(batch, max_frame_bytes, ignored_frame))
+    events = read_events(batch, max_frame_bytes)
+    if events is not None:
+        assert isinstance(general, tuple) and general[1] == []
+        assert events == _decoded(general[0])
+    usual = {"as sent", "recording VarSet", "Timestamp not a number", "Timestamp twice",
+             "no Linkedid"}
     if not misaligned and max_frame_bytes > len(raw) and {m for _, m in edits} <= usual:
-        assert fast is not None
+        assert events is not None
 
 
 def test_a_message_of_the_capture_is_read_in_one_pass() -> None:
-    """The captured frames as one message: the fast path reads them all, the frames enrich
-    ignores passed over, the others exactly as the framer parses them."""
+    """The captured frames as one message: read_events reads them all in one pass, each the
+    event decode makes of it, the frames decode drops left out; they include a recording's
+    VarSet and every kind of the calls."""
     from contracts.envelope import AmiFrames
-    from enrich.events import decode, ignored_frame
-    from ingest import framing
+    from enrich.events import read_events
 
     body = [f for f in RAW_FRAMES if not f.startswith(b"Response")]
     batch = AmiFrames("acme", 1, list(range(len(body))), [len(f) for f in body], 0.0,
                       b"".join(body))
-    every = framing._read_crlf_frames(batch, 1 << 20, None)
-    kept = framing._read_crlf_frames(batch, 1 << 20, ignored_frame)
-    assert every is not None and kept is not None
-    assert [e.headers for e in every[0]] == [f for f in WHOLE if f[0][0] == "Event"]
-    kept_seqs = {e.seq for e in kept[0]}
-    assert kept[0] == [e for e in every[0] if e.seq in kept_seqs]
-    assert 0 < len(kept[0]) < len(every[0])
-    assert all(decode(e) is None for e in every[0] if e.seq not in kept_seqs)
+    events = read_events(batch)
+    assert events is not None
+    whole = [f for f in WHOLE if f[0][0] == "Event"]
+    assert events == _decoded([Envelope("acme", 1, i, 0.0, f) for i, f in enumerate(whole)])
+    kinds = {e.kind for e in events}
+    assert {"Newchannel", "DialBegin", "DialEnd", "Hangup", "Cdr", "VarSet"} <= kinds
+    assert 0 < len(events) < len(body)
 
 
 def test_a_bare_lf_before_the_blank_line_reads_the_same_whatever_shares_the_read() -> None:
