@@ -36,7 +36,7 @@ class CallRouter:
     def linkedid(self, frame: bytes, name: bytes) -> bytes:
         """``frame``: one frame's bytes with its terminator; ``name``: the event's name (what
         follows ``Event: `` up to the first CRLF), b"" for a frame that is not an event."""
-        if not name or b"\n" in name:
+        if not name or name.find(b"\n") >= 0:
             # not an event, or lines that do not end in CRLF: only a parse can tell
             return self._parsed(frame) if frame[:1] in (b"\r", b"\n") or name else b""
         best = b""
@@ -51,7 +51,7 @@ class CallRouter:
                 at = frame.find(tag, end)
             if best:
                 break
-        if b"\n" in best or (not best and frame.count(b"\n") != frame.count(b"\r\n")):
+        if best.find(b"\n") >= 0 or (not best and frame.count(b"\n") != frame.count(b"\r\n")):
             return self._parsed(frame)  # lines ending in a bare LF
         if name == b"Cdr":
             return best or self._cdr_channel(frame)
@@ -137,12 +137,13 @@ class CallBatcher:
                 name = frame[7 : frame.find(b"\r\n", 7)]
                 # inline, the usual case of CallRouter.linkedid: a CRLF call event with Linkedid
                 at = frame.find(_LINKEDID)
-                if at < 0 or name == b"Cdr" or b"\n" in name:
+                if at < 0 or name == b"Cdr" or name.find(b"\n") >= 0:
                     linkedid = route(frame, name)
                 else:
                     at += 12  # len(_LINKEDID)
                     linkedid = frame[at : frame.find(b"\r\n", at)]
-                    if not linkedid or b"\n" in linkedid:
+                    # find, not ``in``: bytes.__contains__ first tries the operand as an int
+                    if not linkedid or linkedid.find(b"\n") >= 0:
                         linkedid = route(frame, name)
                     elif name == b"Newchannel":
                         at = frame.rfind(_UNIQUEID)
