@@ -37,8 +37,10 @@ class CallRouter:
         """``frame``: one frame's bytes with its terminator; ``name``: the event's name (what
         follows ``Event: `` up to the first CRLF), b"" for a frame that is not an event."""
         if not name or name.find(b"\n") >= 0:
-            # not an event, or lines that do not end in CRLF: only a parse can tell
-            return self._parsed(frame) if frame[:1] in (b"\r", b"\n") or name else b""
+            # not an event, an event of no name, or lines that do not end in CRLF: only a parse
+            # can tell
+            odd = name or frame[:1] in (b"\r", b"\n") or frame.startswith(_EVENT)
+            return self._parsed(frame) if odd else b""
         best = b""
         for tag in _TAGS:
             at = frame.find(tag)
@@ -133,17 +135,25 @@ class CallBatcher:
         route = router.linkedid
         channels = router._channels
         for seq, frame in enumerate(frames, seq0):
-            if frame.startswith(_EVENT):
+            if not frame.startswith(_EVENT):
+                name = b""
+                linkedid = route(frame, name)
+                # A line ends at its first LF, which its CR (13) comes right before: one single-byte
+                # find per line read, and no look for a bare LF in the value.
+            elif frame[(end := frame.find(b"\n", 7)) - 1] != 13:
                 name = frame[7 : frame.find(b"\r\n", 7)]
+                linkedid = route(frame, name)  # a bare LF: only a parse can tell
+            else:
+                name = frame[7 : end - 1]
                 # inline, the usual case of CallRouter.linkedid: a CRLF call event with Linkedid
                 at = frame.find(_LINKEDID)
-                if at < 0 or name == b"Cdr" or name.find(b"\n") >= 0:
+                if at < 0 or name == b"Cdr":
                     linkedid = route(frame, name)
                 else:
                     at += 12  # len(_LINKEDID)
-                    linkedid = frame[at : frame.find(b"\r\n", at)]
-                    # find, not ``in``: bytes.__contains__ first tries the operand as an int
-                    if not linkedid or linkedid.find(b"\n") >= 0:
+                    end = frame.find(b"\n", at)
+                    linkedid = frame[at : end - 1]
+                    if not linkedid or frame[end - 1] != 13:
                         linkedid = route(frame, name)
                     elif name == b"Newchannel":
                         at = frame.rfind(_UNIQUEID)
@@ -153,9 +163,6 @@ class CallBatcher:
                             if uniqueid and uniqueid not in channels:
                                 router._remember(uniqueid, linkedid)
                                 channels = router._channels  # a new generation may have begun
-            else:
-                name = b""
-                linkedid = route(frame, name)
             kinds[name] = kinds.get(name, 0) + 1
             group = groups.get(linkedid)
             if group is None:

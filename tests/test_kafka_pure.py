@@ -145,6 +145,38 @@ def test_raw_routing_equals_the_rules_over_parsed_headers() -> None:
         assert by_key == _group(b"pbx1:" + route(again, f) for f in frames)
 
 
+@pytest.mark.parametrize("frame", [
+    b"Event: Hangup\r\nLinkedid: 1.1\r\n\r\n",
+    b"Event: Hangup\nLinkedid: 1.1\n\n",  # bare LFs throughout
+    b"Event: Hangup\nUniqueid: 1.2\r\nLinkedid: 1.1\r\n\r\n",  # the first line's only
+    b"Event: Hangup\r\nLinkedid: 1.\n1\r\n\r\n",  # a bare LF inside the value
+    b"Event: Hangup\r\nLinkedid: 1.1\nDestLinkedid: 2.1\r\n\r\n",
+    b"Event: DialBegin\r\nLinkedid: \r\nDestLinkedid: 2.1\r\n\r\n",  # empty: the next one
+    b"Event: Cdr\r\nUniqueID: 1.5\r\n\r\n",
+    b"Event: \r\nLinkedid: 1.1\r\n\r\n",
+    b"Event: Newchannel\r\nUniqueid: 1.5\r\nLinkedid: 1.1\r\n\r\n",
+    b"Response: Success\r\nLinkedid: 1.1\r\n\r\n",
+])
+def test_the_batchers_own_routing_agrees_with_the_router_whatever_the_line_ends(frame: bytes) -> None:
+    """The batcher routes the usual frame itself, not through CallRouter: on odd line ends too
+    it keys the frame as the routing rules over its parsed headers do, and a Cdr after its
+    Newchannel goes with the call."""
+    cdr = b"Event: Cdr\r\nUniqueID: 1.5\r\n\r\n"
+    batcher = CallBatcher("pbx1")
+    batcher.add(1, 1, [frame, cdr], 0.0)
+    channels: dict[str, str] = {}
+    want = []
+    for f in (frame, cdr):
+        headers = split_frames(f, [len(f)])[0][1]  # unreadable: no call's
+        linkedid = reference_linkedid(headers, channels) if isinstance(headers, tuple) else ""
+        want.append(b"pbx1:" + linkedid.encode())
+    got = {}
+    for key, value, *_ in batcher.take():
+        for seq in frames_decoder.decode(value).seqs:
+            got[seq] = key
+    assert [got[1], got[2]] == want
+
+
 def _group(keys: Iterator[bytes]) -> dict[bytes, list[int]]:
     out: dict[bytes, list[int]] = {}
     for seq, key in enumerate(keys, 1):
