@@ -138,8 +138,8 @@ class CallBatcher:
             if not frame.startswith(_EVENT):
                 name = b""
                 linkedid = route(frame, name)
-                # A line ends at its first LF, which its CR (13) comes right before: one single-byte
-                # find per line read, and no look for a bare LF in the value.
+            # A line ends at its first LF, which its CR (13) comes right before: one single-byte
+            # find per line read, and no look for a bare LF in the value.
             elif frame[(end := frame.find(b"\n", 7)) - 1] != 13:
                 name = frame[7 : frame.find(b"\r\n", 7)]
                 linkedid = route(frame, name)  # a bare LF: only a parse can tell
