@@ -211,7 +211,11 @@ async def run_via_kafka(settings: Settings, profile: PbxProfile, store: Any,
     tasks: list[asyncio.Task[None]] = []
     try:
         await ingest.start()  # creates the topics
-        await asyncio.gather(enrich.start(), sink.start())
+        # both starts end (started or failed) before anything is closed: a close racing a start
+        # in progress would leave its clients half made
+        for result in await asyncio.gather(enrich.start(), sink.start(), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         tasks += [asyncio.create_task(ingest.run_ami(stop, idle_exit), name="ingest"),
                   asyncio.create_task(enrich.run(stop), name="enrich"),
                   asyncio.create_task(sink.run(stop), name="store")]

@@ -457,6 +457,51 @@ def test_a_stage_whose_start_fails_has_closed_its_clients(stage, tmp_path):
     assert "Unclosed" not in out.stdout + out.stderr
 
 
+def test_run_via_kafka_closes_a_stage_only_once_its_start_has_ended(monkeypatch, tmp_path):
+    """`pbxpipe run` starts enrich and store together. When one start fails, the other is
+    closed only after its own start has ended (closing a client still starting would race its
+    start), and the error that stopped the run is the one raised."""
+    from contracts.errors import BrokerError
+    from pbxpipe import cmd_kafka
+    from pbxpipe.stage_enrich import EnrichStage
+    from pbxpipe.stage_ingest import IngestStage
+    from pbxpipe.stage_store import StoreStage
+
+    seen: list[str] = []
+
+    async def nothing(self: Any) -> None:
+        seen.append(f"{type(self).__name__} start")
+
+    async def fails(self: Any) -> None:
+        await asyncio.sleep(0.01)
+        seen.append("EnrichStage start failed")
+        raise BrokerError("Kafka at x: unreachable")
+
+    async def slow(self: Any) -> None:
+        await asyncio.sleep(0.2)
+        seen.append("StoreStage started")
+
+    def closing(cls: type) -> Any:
+        real = cls.close
+
+        async def close(self: Any) -> None:
+            seen.append(f"{cls.__name__} close")
+            await real(self)
+        return close
+
+    monkeypatch.setattr(IngestStage, "start", nothing)
+    monkeypatch.setattr(EnrichStage, "start", fails)
+    monkeypatch.setattr(StoreStage, "start", slow)
+    for cls in (IngestStage, EnrichStage, StoreStage):
+        monkeypatch.setattr(cls, "close", closing(cls))
+    settings = load_settings({"kafka_bootstrap": f"127.0.0.1:{free_port()}",
+                              "kafka_spool_dir": str(tmp_path / "spool")})
+    with pytest.raises(BrokerError, match="unreachable"):
+        asyncio.run(cmd_kafka.run_via_kafka(settings, DEFAULT_PROFILE, store=None))
+    assert seen.index("StoreStage started") < seen.index("StoreStage close")
+    assert seen[-3:] == ["IngestStage close", "EnrichStage close", "StoreStage close"]
+
+
 @pytest.mark.parametrize("stage", ["ingest", "enrich", "store"])
 def test_a_stage_given_an_unknown_compression_exits_with_one_clear_line(stage, tmp_path):
     """A misspelt compression is a configuration error naming the setting, raised before any
