@@ -216,8 +216,9 @@ byte scans over the message); below it, NumPy's call overhead would cost more.""
 
 
 def _frame_ends(raw: bytes) -> int:
-    """How many blank lines ``raw`` holds (CRLF CRLF or LF CRLF), or -1 when it holds one that
-    starts with a bare LF (LF LF): each is a frame end, where the general reading splits."""
+    """How many blank lines ``raw`` holds (CRLF CRLF or LF CRLF), each a frame end where the
+    general reading splits; -1 when one starts with a bare LF (LF LF) or, for a message counted
+    with NumPy, when any LF is bare (that message goes the general way)."""
     if len(raw) < VECTOR_BYTES or not raw:
         return -1 if raw.find(b"\n\n") >= 0 else raw.count(b"\n\r\n")
     # stricter, and the same on what passes: any bare LF gives -1; with every LF after a CR,
