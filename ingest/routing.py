@@ -53,8 +53,10 @@ class CallRouter:
                 at = frame.find(tag, end)
             if best:
                 break
-        if best.find(b"\n") >= 0 or (not best and frame.count(b"\n") != frame.count(b"\r\n")):
-            return self._parsed(frame)  # lines ending in a bare LF
+        if (best.find(b"\n") >= 0 or best.endswith(b"\r")
+                or (not best and frame.count(b"\n") != frame.count(b"\r\n"))):
+            # lines ending in a bare LF, or CR CR LF (which the parse strips at the frame's end)
+            return self._parsed(frame)
         if name == b"Cdr":
             return best or self._cdr_channel(frame)
         if best and name == b"Newchannel":
@@ -153,8 +155,8 @@ class CallBatcher:
                     at += 12  # len(_LINKEDID)
                     end = frame.find(b"\n", at)
                     linkedid = frame[at : end - 1]
-                    if not linkedid or frame[end - 1] != 13:
-                        linkedid = route(frame, name)
+                    if not linkedid or frame[end - 1] != 13 or linkedid[-1] == 13:
+                        linkedid = route(frame, name)  # empty, a bare LF, or CR CR LF
                     elif name == b"Newchannel":
                         at = frame.rfind(_UNIQUEID)
                         if at >= 0:

@@ -156,6 +156,9 @@ def test_raw_routing_equals_the_rules_over_parsed_headers() -> None:
     b"Event: \r\nLinkedid: 1.1\r\n\r\n",
     b"Event: Newchannel\r\nUniqueid: 1.5\r\nLinkedid: 1.1\r\n\r\n",
     b"Response: Success\r\nLinkedid: 1.1\r\n\r\n",
+    b"Event: Hangup\r\nLinkedid: 1.1\r\r\n\r\n",  # CR CR LF: the frame's end strips both CRs
+    b"Event: Hangup\r\nLinkedid: 1.1\r\r\nCause: 16\r\n\r\n",  # inside: one CR stays
+    b"Event: Newchannel\r\nUniqueid: 1.5\r\nLinkedid: 1.1\r\r\n\r\n",
 ])
 def test_the_batchers_own_routing_agrees_with_the_router_whatever_the_line_ends(frame: bytes) -> None:
     """The batcher routes the usual frame itself, not through CallRouter: on odd line ends too
