@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from contracts.errors import ConfigError
+from contracts.hours import parse_business_hours
 
 ENV_PREFIX = "PBXPIPE_"
 SECRET_FIELDS = frozenset({"ami_secret", "clickhouse_dsn", "s3_secret_key"})
@@ -16,6 +17,8 @@ SECRET_FIELDS = frozenset({"ami_secret", "clickhouse_dsn", "s3_secret_key"})
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pbx_id: str = "pbx1"
     pbx_profile: str = ""  # TOML file; empty = the built-in PJSIP profile
+    pbx_timezone: str = "UTC"  # the PBX's local time zone (tz database name, e.g. Europe/Warsaw)
+    business_hours: str = "Mon-Fri 07:00-17:00"  # the PBX's, in its time zone: when silence alerts (contracts/hours.py)
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "pbxpipe"
@@ -120,6 +123,11 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         raise ConfigError(f"invalid setting: kafka_compression {settings.kafka_compression!r} is "
                           f"not one of {', '.join(KAFKA_COMPRESSIONS[:-1])} "
                           f"({env_name('kafka_compression')})")
+    try:
+        parse_business_hours(settings.business_hours, settings.pbx_timezone)
+    except ConfigError as e:
+        raise ConfigError(f"invalid setting: {e} ({env_name('business_hours')}, "
+                          f"{env_name('pbx_timezone')})") from None
     return settings
 
 

@@ -66,6 +66,11 @@ AMI_CONNECTED = Gauge(
     "pbxpipe_ingest_ami_connected", "1 while logged in to the PBX's AMI.", ["pbx"],
     registry=REGISTRY,
 )
+INGEST_PBX_OPEN = Gauge(
+    "pbxpipe_ingest_pbx_open",
+    "1 while the PBX is open (PBXPIPE_BUSINESS_HOURS in PBXPIPE_PBX_TIMEZONE), else 0: the hours "
+    "in which a silent PBX alerts.", ["pbx"], registry=REGISTRY,
+)
 AMI_RECONNECTS = Counter(
     "pbxpipe_ingest_ami_reconnects_total", "AMI connection attempts after the first.", ["pbx"],
     registry=REGISTRY,

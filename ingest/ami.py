@@ -17,6 +17,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,10 +27,12 @@ from panoramisk.message import Message  # type: ignore[import-untyped]
 from contracts.config import Settings
 from contracts.envelope import Envelope
 from contracts.errors import AmiAuthError, AmiConnectError, FrameError
+from contracts.hours import parse_business_hours
 from contracts.logs import LogOnce
 from contracts.metrics import (
     AMI_CONNECTED,
     AMI_RECONNECTS,
+    INGEST_PBX_OPEN,
     INGEST_BYTES,
     INGEST_EVENTS,
     INGEST_FILTERED,
@@ -261,6 +264,10 @@ class AmiListener:
         self._connected = AMI_CONNECTED.labels(self.pbx_id)
         self._reconnects = AMI_RECONNECTS.labels(self.pbx_id)
         self._gaps = INGEST_GAPS.labels(self.pbx_id, "reconnect")
+        # told at each scrape, in the PBX's own zone (PromQL knows only UTC)
+        hours = parse_business_hours(settings.business_hours, settings.pbx_timezone)
+        INGEST_PBX_OPEN.labels(self.pbx_id).set_function(
+            lambda: float(hours.open_at(datetime.fromtimestamp(clock(), UTC))))
         self._sessions = 0  # logged-in sessions: each after the first follows a gap
         self._events: dict[str, Any] = {}
 

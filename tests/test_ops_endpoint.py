@@ -106,8 +106,8 @@ def test_metrics_serves_the_prometheus_text_format():
 @pytest.mark.integration
 def test_a_running_pipeline_exposes_metrics_promtool_accepts_and_follows_the_pbx(tmp_path):
     """`pbxpipe run --metrics-port`: ready once logged in to AMI; /metrics passes `promtool check
-    metrics` and carries the pipeline's metrics; losing the PBX makes it unready, and the
-    reconnection is counted as a gap."""
+    metrics` and carries the pipeline's metrics (the PBX's business hours too); losing the PBX
+    makes it unready, and the reconnection is counted as a gap."""
     ami, ops = free_port(), free_port()
     sim_cmd = [*PBXPIPE, "simulate", "--port", str(ami), "--calls", "0", "--rate", "20",
                "--speed", "100", "--seed", "3", "--talk", "uniform:1:20", "--secret", "opsS3cret"]
@@ -115,7 +115,8 @@ def test_a_running_pipeline_exposes_metrics_promtool_accepts_and_follows_the_pbx
     run = subprocess.Popen(
         [*PBXPIPE, "run", "--ami-port", str(ami), "--ami-secret", "opsS3cret", "--clickhouse",
          f"chdb:///{tmp_path / 'ch'}", "--metrics-port", str(ops)],
-        env={**ENV, "PBXPIPE_AMI_RECONNECT_MAX_S": "0.5"}, stdout=subprocess.DEVNULL,
+        env={**ENV, "PBXPIPE_AMI_RECONNECT_MAX_S": "0.5", "PBXPIPE_PBX_TIMEZONE": "Asia/Tokyo",
+             "PBXPIPE_BUSINESS_HOURS": "Mon-Sun 00:00-24:00"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: get(ops, "/readyz")[0] == 200, what="/readyz 200")
@@ -129,6 +130,7 @@ def test_a_running_pipeline_exposes_metrics_promtool_accepts_and_follows_the_pbx
                      "pbxpipe_enrich_open_calls", "pbxpipe_enrich_calls_total",
                      "pbxpipe_store_insert_duration_seconds_bucket", "pbxpipe_store_batch_rows_bucket",
                      'pbxpipe_ops_ready{component="run"} 1.0', "pbxpipe_build_info",
+                     'pbxpipe_ingest_pbx_open{pbx="pbx1"} 1.0',  # open all week
                      "process_start_time_seconds"):
             assert name in text, name
         assert get(ops, "/healthz")[0] == 200
