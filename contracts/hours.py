@@ -74,6 +74,7 @@ def parse_business_hours(spec: str, zone: str, what: str = "business_hours") -> 
         days = frozenset(range(a, b + 1)) if a <= b else frozenset((*range(a, 7), *range(b + 1)))
         start, end = _clock(m["start"], what), _clock(m["end"], what)
         if start is None or (end is not None and end <= start):
-            raise ConfigError(f"{what}: {part.strip()!r} ends before it starts")
+            raise ConfigError(f"{what}: {part.strip()!r} ends before it starts (past midnight: "
+                              "two spans, 'Mon-Fri 22:00-24:00, Tue-Sat 00:00-06:00')")
         spans.append(Span(days, start, end))
     return BusinessHours(tuple(spans), tz)
