@@ -58,7 +58,7 @@ def parse_business_hours(spec: str, zone: str, what: str = "business_hours") -> 
     try:
         tz = ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{what}: unknown time zone {zone!r} (a tz database name such as "
+        raise ConfigError(f"unknown time zone {zone!r} (a tz database name such as "
                           "Europe/Warsaw)") from None
     spans = []
     for part in filter(str.strip, spec.split(",")):
