@@ -32,11 +32,11 @@ from contracts.logs import LogOnce
 from contracts.metrics import (
     AMI_CONNECTED,
     AMI_RECONNECTS,
-    INGEST_PBX_OPEN,
     INGEST_BYTES,
     INGEST_EVENTS,
     INGEST_FILTERED,
     INGEST_GAPS,
+    INGEST_PBX_OPEN,
     INGEST_QUARANTINED,
     event_type_label,
 )
