@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_partitions: int = 6  # for topics this pipeline creates
     kafka_replication_factor: int = 1  # for topics this pipeline creates (3 on a real cluster)
     kafka_create_topics: bool = True  # create missing topics; false: fail naming what to create
+    kafka_retention_days: float = 7.0  # raw and records topics (retention.ms of topics it creates): the replay window; they hold phone numbers
+    kafka_dead_letter_retention_days: float = 30.0  # the dead-letter topic: long enough to inspect and replay poison messages
     kafka_enrich_group: str = "pbxpipe-enrich"
     kafka_store_group: str = "pbxpipe-store"
     kafka_idempotence: bool = True  # idempotent producer (brokers without it: false; then batches are compressed in threads, off the event loop)
@@ -123,6 +125,13 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         raise ConfigError(f"invalid setting: kafka_compression {settings.kafka_compression!r} is "
                           f"not one of {', '.join(KAFKA_COMPRESSIONS[:-1])} "
                           f"({env_name('kafka_compression')})")
+    for field in ("kafka_retention_days", "kafka_dead_letter_retention_days"):
+        # the topics hold phone numbers: they must not outlive the call records they feed
+        days = getattr(settings, field)
+        if not 0 < days <= settings.retention_call_days:
+            raise ConfigError(f"invalid setting: {field} {days:g} is not within (0, "
+                              f"retention_call_days {settings.retention_call_days}] "
+                              f"({env_name(field)}, {env_name('retention_call_days')})")
     try:
         parse_business_hours(settings.business_hours, settings.pbx_timezone)
     except ConfigError as e:

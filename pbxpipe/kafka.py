@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
@@ -79,8 +80,64 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+DAY_MS = 86_400_000
+
+
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """What a topic of the pipeline is created with: deleted by age, so the phone numbers it
+    holds leave Kafka after the replay window (the dead letters after theirs)."""
+    days = (settings.kafka_dead_letter_retention_days
+            if topic == settings.kafka_dead_letter_topic else settings.kafka_retention_days)
+    return {"retention.ms": str(round(days * DAY_MS)), "cleanup.policy": "delete"}
+
+
+def retention_gap(wanted: dict[str, str], actual: dict[str, str]) -> str | None:
+    """How an existing topic's configs (as the broker describes them) keep data longer than
+    ``wanted`` (:func:`topic_configs`) would: None when they do not, or when the broker did not
+    say."""
+    policy = actual.get("cleanup.policy")
+    if policy is not None and "delete" not in policy.split(","):
+        return f"cleanup.policy={policy}: nothing is deleted by age"
+    kept = actual.get("retention.ms")
+    if kept is None or not kept.lstrip("-").isdigit():
+        return None
+    if int(kept) < 0:
+        return "retention.ms=-1: kept forever"
+    if int(kept) > int(wanted["retention.ms"]):
+        return f"retention.ms={kept} ({int(kept) / DAY_MS:g} days)"
+    return None
+
+
+async def _check_retention(admin: AIOKafkaAdminClient, settings: Settings,
+                           topics: list[str]) -> None:
+    """Warn (once per start) about each of ``topics`` that keeps data longer than configured.
+    A broker that will not describe them is noted and passed: this check never stops a stage."""
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    except KafkaError as e:
+        log.info("kafka_topic_configs_unknown", topics=topics, error=str(e))
+        return
+    for response in responses:
+        for error_code, _, _, topic, entries, *_ in response.resources:
+            if error_code or topic not in topics:
+                continue
+            wanted = topic_configs(settings, topic)
+            gap = retention_gap(wanted, {e[0]: e[1] for e in entries if e[1] is not None})
+            if gap is not None:
+                log.warning("kafka_topic_retention_too_long", topic=topic, found=gap,
+                            wanted=",".join(f"{k}={v}" for k, v in wanted.items()),
+                            hint="the topic holds phone numbers after their calls are erased or "
+                                 "expired; alter it (kafka-configs --alter --entity-type topics "
+                                 f"--entity-name {topic} --add-config retention.ms="
+                                 f"{wanted['retention.ms']},cleanup.policy=delete) or set "
+                                 "PBXPIPE_KAFKA_RETENTION_DAYS to what it keeps")
+
+
 async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
-    """Create the missing topics with the configured partitions, or say which to create."""
+    """Create the missing topics with the configured partitions and retention (see
+    :func:`topic_configs`), or say which to create; warn about an existing one that keeps data
+    longer than configured."""
     wanted = sorted(set(topics))
     kw = client_kwargs(settings)
     kw.pop("request_timeout_ms")
@@ -93,16 +150,22 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
+        if len(missing) < len(wanted):
+            await _check_retention(admin, settings, [t for t in wanted if t in existing])
         if not missing:
             return
         if not settings.kafka_create_topics:
             raise TopicsMissing(
                 f"Kafka topics missing: {', '.join(missing)}; create them (e.g. "
-                f"{settings.kafka_partitions} partitions each) or set PBXPIPE_KAFKA_CREATE_TOPICS=true"
+                f"{settings.kafka_partitions} partitions each, configs "
+                + "; ".join(f"{t}: " + ",".join(f"{k}={v}" for k, v in topic_configs(settings, t).items())
+                            for t in missing)
+                + ") or set PBXPIPE_KAFKA_CREATE_TOPICS=true"
             )
         try:
             await admin.create_topics([
-                NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+                NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor,
+                         topic_configs=topic_configs(settings, t))
                 for t in missing
             ])
         except TopicAlreadyExistsError:
@@ -112,7 +175,8 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
                 f"cannot create Kafka topics {', '.join(missing)} ({e}); create them with "
                 f"{settings.kafka_partitions} partitions"
             ) from None
-        log.info("topics_created", topics=missing, partitions=settings.kafka_partitions)
+        log.info("topics_created", topics=missing, partitions=settings.kafka_partitions,
+                 retention_ms={t: topic_configs(settings, t)["retention.ms"] for t in missing})
     finally:
         await admin.close()
 

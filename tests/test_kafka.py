@@ -398,11 +398,90 @@ def test_missing_topics_are_created_or_named(broker):
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_create_topics": False,
                               "kafka_partitions": 2})
-    with pytest.raises(TopicsMissing, match="nope-1.*2 partitions"):
+    with pytest.raises(TopicsMissing, match="nope-1.*2 partitions each, configs nope-1: "
+                                            "retention.ms=604800000,cleanup.policy=delete"):
         asyncio.run(ensure_topics(settings, ["nope-1"]))
     created = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_partitions": 2})
     asyncio.run(ensure_topics(created, ["made-1"]))
     asyncio.run(ensure_topics(settings, ["made-1"]))  # exists now: fine
+
+
+async def _topic_configs(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    finally:
+        await admin.close()
+    return {r[3]: {e[0]: e[1] for e in r[4]} for resp in responses for r in resp.resources}
+
+
+async def _create(bootstrap: str, configs: dict[str, dict[str, str]]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 1, 1, topic_configs=c) for t, c in configs.items()])
+    finally:
+        await admin.close()
+
+
+def test_topics_are_created_deleted_by_age_and_one_kept_longer_is_reported(broker):
+    """The topics hold phone numbers: the pipeline creates them with the configured retention
+    (the dead letters' own), and warns at start about an existing topic that keeps data longer,
+    naming what it found and what to set, without refusing to start."""
+    from structlog.testing import capture_logs
+
+    from pbxpipe.kafka import ensure_topics
+
+    settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_partitions": 1,
+                              "kafka_raw_topic": "ret-raw", "kafka_records_topic": "ret-records",
+                              "kafka_dead_letter_topic": "ret-dlq", "kafka_retention_days": 2,
+                              "kafka_dead_letter_retention_days": 10.5})
+    with capture_logs() as logs:
+        asyncio.run(ensure_topics(settings, ["ret-raw", "ret-dlq"]))
+    configs = asyncio.run(_topic_configs(broker.bootstrap, ["ret-raw", "ret-dlq"]))
+    assert configs["ret-raw"]["retention.ms"] == str(2 * 86_400_000)
+    assert configs["ret-dlq"]["retention.ms"] == str(int(10.5 * 86_400_000))
+    assert {c["cleanup.policy"] for c in configs.values()} == {"delete"}
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+    # made by someone else: forever, compacted, longer, and shorter than configured
+    asyncio.run(_create(broker.bootstrap, {
+        "ret-records": {"retention.ms": "-1"},
+        "ret-compact": {"cleanup.policy": "compact", "retention.ms": "1000"},
+        "ret-long": {"retention.ms": str(3 * 86_400_000)},
+        "ret-short": {"retention.ms": str(86_400_000), "cleanup.policy": "delete"},
+    }))
+    with capture_logs() as logs:
+        asyncio.run(ensure_topics(settings, ["ret-raw", "ret-records", "ret-dlq", "ret-compact",
+                                             "ret-long", "ret-short"]))
+    warned = {e["topic"]: e for e in logs if e["event"] == "kafka_topic_retention_too_long"}
+    assert sorted(warned) == ["ret-compact", "ret-long", "ret-records"]
+    assert warned["ret-records"]["found"] == "retention.ms=-1: kept forever"
+    assert warned["ret-compact"]["found"].startswith("cleanup.policy=compact")
+    assert warned["ret-long"]["found"] == "retention.ms=259200000 (3 days)"
+    assert warned["ret-long"]["wanted"] == "retention.ms=172800000,cleanup.policy=delete"
+    assert "--entity-name ret-long --add-config retention.ms=172800000" in warned["ret-long"]["hint"]
+
+
+def test_topic_retention_cannot_outlive_the_call_records():
+    """Settings: a topic retention beyond the calls' own (or not positive) is a config error
+    naming both variables."""
+    from contracts.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"kafka_retention_days 400 .*PBXPIPE_KAFKA_RETENTION_"
+                                          r"DAYS, PBXPIPE_RETENTION_CALL_DAYS"):
+        load_settings({"kafka_retention_days": 400}, environ={})
+    with pytest.raises(ConfigError, match="kafka_dead_letter_retention_days 0 "):
+        load_settings({"kafka_dead_letter_retention_days": 0}, environ={})
+    assert load_settings({"kafka_retention_days": 30, "retention_call_days": 30},
+                         environ={}).kafka_retention_days == 30
 
 
 @pytest.mark.parametrize("stage", ["ingest", "enrich", "store"])
