@@ -185,15 +185,30 @@ def retention_apply(clickhouse: Dsn = None, object_store: Objects = None) -> Non
 
 @retention_app.command("status")
 def retention_status(clickhouse: Dsn = None, object_store: Objects = None) -> None:
-    """Each policy and what expires next (JSON)."""
+    """Each policy and what expires next (JSON); with Kafka configured, its topics' retention."""
     from retention.jobs import status
 
     settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
     try:
         store, objects = _open(settings)
-        _echo_json(status(store, objects, _default(settings), time.time()))
+        out = status(store, objects, _default(settings), time.time())
     except PbxPipeError as e:
         _fail(str(e))
+    if settings.kafka_bootstrap:
+        out["kafka_topics"] = _kafka_topics(settings)
+    _echo_json(out)
+
+
+def _kafka_topics(settings: Settings) -> dict[str, Any]:
+    """The topics' retention (they hold phone numbers too), or why it is unknown."""
+    import asyncio
+
+    from pbxpipe.kafka import topics_retention
+
+    try:
+        return asyncio.run(topics_retention(settings))
+    except PbxPipeError as e:
+        return {"error": str(e)}
 
 
 @retention_app.command("hold")

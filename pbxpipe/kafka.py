@@ -108,30 +108,64 @@ def retention_gap(wanted: dict[str, str], actual: dict[str, str]) -> str | None:
     return None
 
 
+async def _describe_retention(admin: AIOKafkaAdminClient, settings: Settings,
+                              topics: list[str]) -> dict[str, dict[str, Any]]:
+    """Each of ``topics`` (that exists) as the broker describes it: its ``retention.ms`` and
+    ``cleanup.policy``, what :func:`topic_configs` wants, and ``too_long`` (:func:`retention_gap`)."""
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    out: dict[str, dict[str, Any]] = {}
+    for response in responses:
+        for error_code, _, _, topic, entries, *_ in response.resources:
+            if error_code or topic not in topics:
+                continue
+            actual = {e[0]: e[1] for e in entries if e[1] is not None}
+            wanted = topic_configs(settings, topic)
+            out[topic] = {"retention.ms": actual.get("retention.ms"),
+                          "cleanup.policy": actual.get("cleanup.policy"),
+                          "wanted": ",".join(f"{k}={v}" for k, v in wanted.items()),
+                          "too_long": retention_gap(wanted, actual)}
+    return out
+
+
 async def _check_retention(admin: AIOKafkaAdminClient, settings: Settings,
                            topics: list[str]) -> None:
     """Warn (once per start) about each of ``topics`` that keeps data longer than configured.
     A broker that will not describe them is noted and passed: this check never stops a stage."""
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+        described = await _describe_retention(admin, settings, topics)
     except KafkaError as e:
         log.info("kafka_topic_configs_unknown", topics=topics, error=str(e))
         return
-    for response in responses:
-        for error_code, _, _, topic, entries, *_ in response.resources:
-            if error_code or topic not in topics:
-                continue
-            wanted = topic_configs(settings, topic)
-            gap = retention_gap(wanted, {e[0]: e[1] for e in entries if e[1] is not None})
-            if gap is not None:
-                log.warning("kafka_topic_retention_too_long", topic=topic, found=gap,
-                            wanted=",".join(f"{k}={v}" for k, v in wanted.items()),
-                            hint="the topic holds phone numbers after their calls are erased or "
-                                 "expired; alter it (kafka-configs --alter --entity-type topics "
-                                 f"--entity-name {topic} --add-config retention.ms="
-                                 f"{wanted['retention.ms']},cleanup.policy=delete) or set "
-                                 "PBXPIPE_KAFKA_RETENTION_DAYS to what it keeps")
+    for topic, d in described.items():
+        if d["too_long"] is not None:
+            wanted_ms = topic_configs(settings, topic)["retention.ms"]
+            log.warning("kafka_topic_retention_too_long", topic=topic, found=d["too_long"],
+                        wanted=d["wanted"],
+                        hint="the topic holds phone numbers after their calls are erased or "
+                             "expired; alter it (kafka-configs --alter --entity-type topics "
+                             f"--entity-name {topic} --add-config retention.ms={wanted_ms},"
+                             "cleanup.policy=delete) or set PBXPIPE_KAFKA_RETENTION_DAYS to what "
+                             "it keeps")
+
+
+async def topics_retention(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The pipeline's three topics' retention as the broker describes it (see
+    :func:`_describe_retention`; ``{"exists": False}`` for a topic not created yet). BrokerError
+    when Kafka cannot be reached or will not say."""
+    names = [settings.kafka_raw_topic, settings.kafka_records_topic,
+             settings.kafka_dead_letter_topic]
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        described = await _describe_retention(admin, settings, [t for t in names if t in existing])
+    except KafkaError as e:
+        raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: {e or type(e).__name__}") from None
+    finally:
+        await admin.close()
+    return {t: {"exists": True, **described[t]} if t in described else {"exists": False}
+            for t in names}
 
 
 async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:

@@ -431,10 +431,11 @@ async def _create(bootstrap: str, configs: dict[str, dict[str, str]]) -> None:
         await admin.close()
 
 
-def test_topics_are_created_deleted_by_age_and_one_kept_longer_is_reported(broker):
+def test_topics_are_created_deleted_by_age_and_one_kept_longer_is_reported(broker, tmp_path):
     """The topics hold phone numbers: the pipeline creates them with the configured retention
     (the dead letters' own), and warns at start about an existing topic that keeps data longer,
-    naming what it found and what to set, without refusing to start."""
+    naming what it found and what to set, without refusing to start; `retention status` shows
+    the topics too."""
     from structlog.testing import capture_logs
 
     from pbxpipe.kafka import ensure_topics
@@ -468,6 +469,28 @@ def test_topics_are_created_deleted_by_age_and_one_kept_longer_is_reported(broke
     assert warned["ret-long"]["found"] == "retention.ms=259200000 (3 days)"
     assert warned["ret-long"]["wanted"] == "retention.ms=172800000,cleanup.policy=delete"
     assert "--entity-name ret-long --add-config retention.ms=172800000" in warned["ret-long"]["hint"]
+
+    # `pbxpipe retention status` lists the pipeline's topics beside the tables' TTLs
+    env = {"PATH": "/usr/bin:/bin", "PBXPIPE_LOG_FORMAT": "json",
+           "PBXPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}",
+           "PBXPIPE_OBJECT_STORE": f"dir://{tmp_path / 'objects'}",
+           "PBXPIPE_KAFKA_RAW_TOPIC": "ret-raw", "PBXPIPE_KAFKA_RECORDS_TOPIC": "ret-records",
+           "PBXPIPE_KAFKA_DEAD_LETTER_TOPIC": "ret-none", "PBXPIPE_KAFKA_RETENTION_DAYS": "2"}
+    shown = subprocess.run([*PBXPIPE, "retention", "status"], capture_output=True, text=True,
+                           timeout=120, env={**env, "PBXPIPE_KAFKA_BOOTSTRAP": broker.bootstrap})
+    assert shown.returncode == 0, shown.stderr
+    topics = json.loads(shown.stdout)["kafka_topics"]
+    assert topics["ret-raw"] == {"exists": True, "retention.ms": "172800000",
+                                 "cleanup.policy": "delete", "too_long": None,
+                                 "wanted": "retention.ms=172800000,cleanup.policy=delete"}
+    assert topics["ret-records"]["too_long"] == "retention.ms=-1: kept forever"
+    assert topics["ret-none"] == {"exists": False}
+    # Kafka away: the tables' part still shows, and the topics say why they do not
+    shown = subprocess.run([*PBXPIPE, "retention", "status"], capture_output=True, text=True,
+                           timeout=120, env={**env, "PBXPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"})
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert "calls" in status["ttl"] and status["kafka_topics"]["error"].startswith("Kafka at 127.0.0.1:")
 
 
 def test_topic_retention_cannot_outlive_the_call_records():
