@@ -19,7 +19,6 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,39 +64,6 @@ def _framing_ceiling(data: bytes) -> float:
     return n / (time.perf_counter() - t)
 
 
-async def _read_to_end(bootstrap: str, topic: str, *, only_existing: bool = False
-                       ) -> AsyncIterator[list[Any]]:
-    """Every partition of ``topic`` from its beginning, a fetch at a time, until each reached the
-    end offset it had when this started; with ``only_existing``, records at or past that offset
-    are left out (the caller appends to the topic meanwhile). Tansu reports as a partition's end
-    the last batch's first offset + 1, so without ``only_existing`` the whole last batch is read."""
-    from aiokafka import AIOKafkaConsumer
-
-    from pbxpipe.kafka import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 << 20)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        left = {tp for tp in tps if ends[tp]}
-        while left:
-            fetched = []
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                if tp not in left:
-                    continue
-                fetched += [r for r in records if r.offset < ends[tp]] if only_existing else records
-                if records[-1].offset >= ends[tp] - 1:
-                    left.discard(tp)
-            yield fetched
-    finally:
-        await consumer.stop()
-
-
 def _raw_topic_check(bootstrap: str, capture: bytes) -> str:
     """Reads the raw topic back: the frames, in (epoch, seq) order, must be the capture's bytes
     (after the banner line) exactly; a frame sent twice must be the same bytes both times."""
@@ -105,15 +71,17 @@ def _raw_topic_check(bootstrap: str, capture: bytes) -> str:
     from contracts.config import load_settings
     from contracts.envelope import frames_decoder
     from ingest.framing import AmiFramer
+    from pbxpipe.kafka import read_to_end
     from pbxpipe.stages import kind_of
 
-    topic = load_settings({}).kafka_raw_topic
+    settings = load_settings({"kafka_bootstrap": bootstrap})
+    topic = settings.kafka_raw_topic
     frames: dict[tuple[int, int], bytes] = {}
     differing = 0
 
     async def main() -> None:
         nonlocal differing
-        async for records in _read_to_end(bootstrap, topic):
+        async for records in read_to_end(settings, topic):
             for r in records:
                 if kind_of(r) != k.KIND_AMI:
                     continue
@@ -157,7 +125,7 @@ def _copy_records(env: dict[str, str], copies: int) -> None:
 
     from contracts.config import load_settings
     from pbxpipe import records_topic
-    from pbxpipe.kafka import Producer, make_producer
+    from pbxpipe.kafka import Producer, make_producer, read_to_end
     from pbxpipe.stages import kind_of
 
     settings = load_settings({"kafka_bootstrap": env["PBXPIPE_KAFKA_BOOTSTRAP"],
@@ -168,7 +136,7 @@ def _copy_records(env: dict[str, str], copies: int) -> None:
         producer = Producer(make_producer(settings), "bench")
         await producer.start()
         try:
-            async for records in _read_to_end(settings.kafka_bootstrap, topic, only_existing=True):
+            async for records in read_to_end(settings, topic, only_existing=True):
                 out = []
                 for r in records:
                     kind = records_topic.BY_MESSAGE_KIND[kind_of(r)]

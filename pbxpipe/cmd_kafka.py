@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import msgspec
 import structlog
 import typer
 
@@ -32,6 +33,7 @@ INGEST_FIELDS = ("pbx_id", "ami_host", "ami_port", "ami_user", "ami_secret", "am
                  "max_frame_bytes", "queue_size", *KAFKA_FIELDS, *COMMON)
 ENRICH_FIELDS = ("pbx_profile", "call_grace_s", "call_timeout_s", *KAFKA_FIELDS, *COMMON)
 STORE_FIELDS = ("clickhouse_dsn", "batch_rows", "batch_age_s", *KAFKA_FIELDS, *COMMON)
+DEAD_LETTER_FIELDS = (*KAFKA_FIELDS, "log_format")
 
 IdleExit = Annotated[Optional[float], typer.Option(
     help="Exit once caught up and idle for this many seconds (tests, one-off backfills).")]
@@ -269,3 +271,73 @@ def register(app: typer.Typer) -> None:
         """Records topic -> ClickHouse in batches, committing after each insert (a consumer group)."""
         settings = _settings(overrides, "store")
         _run(lambda stop: store_main(settings, None, idle_exit, stop))
+
+    letters = typer.Typer(help="The dead-letter topic: what the stages could not read; sending it "
+                               "back once the cause is fixed.", no_args_is_help=True)
+    app.add_typer(letters, name="dead-letters")
+
+    @letters.command("list")
+    @_settings_flags(DEAD_LETTER_FIELDS)
+    def dead_letters_list(
+        overrides: dict[str, Any],
+        json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+        limit: Annotated[int, typer.Option(help="The newest this many (0: all).")] = 100,
+    ) -> None:
+        """The dead letters: where each came from, which stage refused it and why."""
+        from pbxpipe.cli import _fail
+        from pbxpipe.cmd_retention import _iso
+        from pbxpipe.dead_letters import dead_letters
+
+        settings = load_settings(overrides)
+        configure_logging(settings.log_format)
+        try:
+            found = [d for _, d in asyncio.run(dead_letters(settings))]
+        except PbxPipeError as e:
+            _fail(str(e))
+        found.sort(key=lambda d: d.timestamp)
+        shown = found[-limit:] if limit > 0 else found
+        if json_:
+            for d in shown:
+                typer.echo(msgspec.json.encode(d).decode())
+            return
+        if not found:
+            typer.echo(f"no dead letters in {settings.kafka_dead_letter_topic}")
+            return
+        import sys
+
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(shown)} of {len(found)} dead letters in "
+                            f"{settings.kafka_dead_letter_topic}, oldest first")
+        for col in ("at (UTC)", "stage", "reason", "detail", "from", "kind", "key", "bytes"):
+            table.add_column(col)
+        for d in shown:
+            table.add_row(_iso(d.timestamp), d.stage, d.reason, d.detail,
+                          f"{d.origin_topic}/{d.origin_partition}@{d.origin_offset}", d.kind, d.key,
+                          str(d.value_bytes))
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+    @letters.command("replay")
+    @_settings_flags(DEAD_LETTER_FIELDS)
+    def dead_letters_replay(
+        overrides: dict[str, Any],
+        stage: Annotated[Optional[str], typer.Option(help="Only those this stage refused.")] = None,
+        reason: Annotated[Optional[str], typer.Option(help="Only those of this reason.")] = None,
+        dry_run: Annotated[bool, typer.Option(help="Say what would be sent; send nothing.")] = False,
+    ) -> None:
+        """Send dead letters back to the topic they came from, for the stage to read again.
+
+        Records-topic ones only: the store collapses a row sent twice; enrich skips old frames."""
+        import json
+
+        from pbxpipe.cli import _fail
+        from pbxpipe.dead_letters import replay
+
+        settings = load_settings(overrides)
+        configure_logging(settings.log_format)
+        try:
+            result = asyncio.run(replay(settings, stage=stage, reason=reason, dry_run=dry_run))
+        except PbxPipeError as e:
+            _fail(str(e))
+        typer.echo(json.dumps(result, indent=1))

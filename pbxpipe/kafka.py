@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -383,6 +383,39 @@ class Producer:
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+async def read_to_end(settings: Settings, topic: str, *, only_existing: bool = False
+                      ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Every partition of ``topic`` from its beginning, a fetch at a time, until each reached the
+    end offset it had when this started (no consumer group, nothing committed; a topic that does
+    not exist reads as empty); with
+    ``only_existing``, records at or past that offset are left out (the caller appends to the
+    topic meanwhile). Tansu reports as a partition's end the last batch's first offset + 1, so
+    without ``only_existing`` the whole last batch is read."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 << 20)
+    try:
+        await consumer.start()
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            return  # no such topic (yet): nothing in it
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp]}
+        while left:
+            fetched: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                if tp not in left:
+                    continue
+                fetched += [r for r in records if r.offset < ends[tp]] if only_existing else records
+                if records[-1].offset >= ends[tp] - 1:
+                    left.discard(tp)
+            yield fetched
+    finally:
+        await consumer.stop()
 
 
 class DeadLetters:

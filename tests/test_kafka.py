@@ -386,6 +386,85 @@ def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_con
         real.close()
 
 
+def test_dead_letters_are_listed_and_records_replayed_into_the_store(broker, tmp_path):
+    """`pbxpipe dead-letters list` shows each dead letter's origin, stage and reason; `replay`
+    sends the records-topic ones back (their kind header alone) and the store inserts them, once
+    however often they are replayed; raw-topic frames are counted, not sent."""
+    from aiokafka.structs import ConsumerRecord
+
+    from pbxpipe import records_topic
+    from pbxpipe.kafka import (
+        DeadLetters,
+        Producer,
+        ensure_topics,
+        make_producer,
+        read_to_end,
+    )
+
+    env = stage_env(broker.bootstrap, tmp_path, PBXPIPE_KAFKA_PARTITIONS="1")
+    settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
+                              "kafka_partitions": 1})
+    records = records_for(30)
+    batches = records_topic.messages(records)  # as enrich sends them
+    assert len(batches) == 1
+
+    def refused(topic: str, offset: int, message: tuple[bytes, bytes, bytes, float]) -> Any:
+        key, value, kind, ts = message
+        return ConsumerRecord(topic, 0, offset, int(ts * 1000), 0, key, value, None, len(key),
+                              len(value), [(k.HEADER_KIND, kind)])
+
+    async def dead_letter() -> None:  # as a store with a bug, and enrich, would have
+        await ensure_topics(settings, [settings.kafka_records_topic, settings.kafka_raw_topic,
+                                       settings.kafka_dead_letter_topic])
+        producer = Producer(make_producer(settings), "test")
+        await producer.start()
+        try:
+            await DeadLetters(producer, settings.kafka_dead_letter_topic, "store").send(
+                [(refused(settings.kafka_records_topic, 41, batches[0]), k.DLQ_UNDECODABLE,
+                  "calls.status: not one of its values: ['voicemail']")])
+            await DeadLetters(producer, settings.kafka_dead_letter_topic, "enrich").send(
+                [(refused(settings.kafka_raw_topic, 7, (b"pbx1:1.1", b"\xc1", k.KIND_AMI, time.time())),
+                  k.DLQ_UNDECODABLE, "not msgpack")])
+        finally:
+            await producer.stop()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*PBXPIPE, "dead-letters", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    async def records_topic_now() -> list[Any]:
+        return [r async for rs in read_to_end(settings, settings.kafka_records_topic) for r in rs]
+
+    assert cli("list").stdout == "no dead letters in pbxpipe.dead-letter\n"  # none, no topic yet
+    asyncio.run(dead_letter())
+    listed = [json.loads(line) for line in cli("list", "--json").stdout.splitlines()]
+    assert [(d["stage"], d["reason"], d["origin_topic"], d["origin_offset"], d["kind"])
+            for d in listed] == [
+        ("store", "undecodable", settings.kafka_records_topic, 41, "call-batch"),
+        ("enrich", "undecodable", settings.kafka_raw_topic, 7, "ami")]
+    assert listed[0]["detail"] == "calls.status: not one of its values: ['voicemail']"
+    assert listed[0]["value_bytes"] == len(batches[0][1]) and listed[1]["key"] == "pbx1:1.1"
+    assert "calls.status: not one of its values" in cli("list").stdout  # the table
+
+    planned = json.loads(cli("replay", "--dry-run").stdout)
+    assert planned["would_replay"] == 1 and list(planned["not_replayed"].values()) == [1]
+    assert "enrich passes over" in next(iter(planned["not_replayed"]))
+    assert json.loads(cli("replay", "--stage", "enrich").stdout)["replayed"] == 0
+    assert asyncio.run(records_topic_now()) == []
+
+    for _ in range(2):  # twice: the store's tables collapse what was sent again
+        assert json.loads(cli("replay").stdout)["to"] == {settings.kafka_records_topic: 1}
+    back = asyncio.run(records_topic_now())
+    assert [(r.key, r.value, list(r.headers)) for r in back] == 2 * [
+        (batches[0][0], batches[0][1], [(k.HEADER_KIND, b"call-batch")])]
+    finish(start(env, tmp_path, "store", "store", "--idle-exit", "1"))
+    counts, _ = stored(env["PBXPIPE_CLICKHOUSE_DSN"])
+    assert sorted(counts) == sorted(r.call_id for r in records)
+    assert set(counts.values()) == {1}
+
+
 def msgspec_dict(settings: Any) -> dict[str, Any]:
     import msgspec
 
