@@ -391,3 +391,51 @@ def test_a_resent_envelope_is_folded_once() -> None:
     pe.feed(0, linkedid, env)
     assert pe.feed(1, linkedid, env) == []
     assert pe.duplicates == 1 and pe.next_offset == 2
+
+
+WEEK = {"retention.ms": "604800000", "cleanup.policy": "delete"}
+
+
+@pytest.mark.parametrize(("actual", "gap"), [
+    ({"retention.ms": "604800000", "cleanup.policy": "delete"}, None),
+    ({"retention.ms": "86400000", "cleanup.policy": "compact,delete"}, None),  # shorter: fine
+    ({}, None),  # the broker did not say
+    ({"retention.ms": "691200000"}, "retention.ms=691200000 (8 days)"),
+    ({"retention.ms": "-1", "cleanup.policy": "delete"}, "retention.ms=-1: kept forever"),
+    ({"retention.ms": "1", "cleanup.policy": "compact"},
+     "cleanup.policy=compact: nothing is deleted by age"),
+    ({"retention.ms": "soon"}, None),
+])
+def test_a_topic_keeping_data_longer_than_wanted_is_told(actual: dict[str, str],
+                                                         gap: str | None) -> None:
+    from pbxpipe.kafka import retention_gap
+
+    assert retention_gap(WEEK, actual) == gap
+
+
+def test_a_dead_letter_is_read_from_its_headers_and_replayed_only_into_the_records_topic() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    from contracts.config import load_settings
+    from pbxpipe.dead_letters import chosen, not_replayed, read
+
+    settings = load_settings(environ={})
+    headers = [(k.HEADER_KIND, b"leg-batch"), (k.HEADER_DLQ_REASON, b"undecodable"),
+               (k.HEADER_DLQ_DETAIL, b"bad"), (k.HEADER_DLQ_TOPIC, b"pbxpipe.call-records"),
+               (k.HEADER_DLQ_PARTITION, b"3"), (k.HEADER_DLQ_OFFSET, b"17"),
+               (k.HEADER_DLQ_STAGE, b"store")]
+    letter = read(ConsumerRecord("pbxpipe.dead-letter", 2, 9, 1_700_000_000_500, 0, b"pbx1:1.1",
+                                 b"xyz", None, 8, 3, headers))
+    assert msgspec.structs.asdict(letter) == {
+        "partition": 2, "offset": 9, "timestamp": 1_700_000_000.5, "stage": "store",
+        "reason": "undecodable", "detail": "bad", "origin_topic": "pbxpipe.call-records",
+        "origin_partition": 3, "origin_offset": 17, "kind": "leg-batch", "key": "pbx1:1.1",
+        "value_bytes": 3}
+    assert not_replayed(letter, settings) is None
+    assert chosen(letter, "store", None) and chosen(letter, None, "undecodable")
+    assert not chosen(letter, "enrich", None) and not chosen(letter, "store", "unknown_kind")
+    bare = read(ConsumerRecord("pbxpipe.dead-letter", 0, 0, 0, 0, None, None, None, 0, 0, []))
+    assert (bare.origin_topic, bare.origin_offset, bare.key, bare.value_bytes) == ("", -1, "", 0)
+    assert not_replayed(bare, settings) == "from no topic, not this pipeline's records topic"
+    raw = msgspec.structs.replace(letter, origin_topic=settings.kafka_raw_topic)
+    assert "enrich passes over" in (not_replayed(raw, settings) or "")
