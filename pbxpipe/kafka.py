@@ -91,6 +91,11 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     return {"retention.ms": str(round(days * DAY_MS)), "cleanup.policy": "delete"}
 
 
+def config_text(configs: dict[str, str]) -> str:
+    """``key=value,…``: as ``kafka-configs --add-config`` takes them."""
+    return ",".join(f"{k}={v}" for k, v in configs.items())
+
+
 def retention_gap(wanted: dict[str, str], actual: dict[str, str]) -> str | None:
     """How an existing topic's configs (as the broker describes them) keep data longer than
     ``wanted`` (:func:`topic_configs`) would: None when they do not, or when the broker did not
@@ -123,7 +128,7 @@ async def _describe_retention(admin: AIOKafkaAdminClient, settings: Settings,
             wanted = topic_configs(settings, topic)
             out[topic] = {"retention.ms": actual.get("retention.ms"),
                           "cleanup.policy": actual.get("cleanup.policy"),
-                          "wanted": ",".join(f"{k}={v}" for k, v in wanted.items()),
+                          "wanted": config_text(wanted),
                           "too_long": retention_gap(wanted, actual)}
     return out
 
@@ -139,14 +144,12 @@ async def _check_retention(admin: AIOKafkaAdminClient, settings: Settings,
         return
     for topic, d in described.items():
         if d["too_long"] is not None:
-            wanted_ms = topic_configs(settings, topic)["retention.ms"]
             log.warning("kafka_topic_retention_too_long", topic=topic, found=d["too_long"],
                         wanted=d["wanted"],
                         hint="the topic holds phone numbers after their calls are erased or "
                              "expired; alter it (kafka-configs --alter --entity-type topics "
-                             f"--entity-name {topic} --add-config retention.ms={wanted_ms},"
-                             "cleanup.policy=delete) or set PBXPIPE_KAFKA_RETENTION_DAYS to what "
-                             "it keeps")
+                             f"--entity-name {topic} --add-config {d['wanted']}) or set "
+                             "PBXPIPE_KAFKA_RETENTION_DAYS to what it keeps")
 
 
 async def topics_retention(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -192,8 +195,7 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
             raise TopicsMissing(
                 f"Kafka topics missing: {', '.join(missing)}; create them (e.g. "
                 f"{settings.kafka_partitions} partitions each, configs "
-                + "; ".join(f"{t}: " + ",".join(f"{k}={v}" for k, v in topic_configs(settings, t).items())
-                            for t in missing)
+                + "; ".join(f"{t}: {config_text(topic_configs(settings, t))}" for t in missing)
                 + ") or set PBXPIPE_KAFKA_CREATE_TOPICS=true"
             )
         try:
