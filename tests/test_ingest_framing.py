@@ -293,6 +293,11 @@ _MUTATIONS: dict[str, typing.Callable[[bytes], bytes]] = {
     "Timestamp with a bare LF": lambda f: f.replace(b"Timestamp: ", b"Timestamp: 1\n", 1),
     "Timestamp twice": lambda f: f[:-2] + b"Timestamp: 5.5\r\n\r\n",
     "no Linkedid": lambda f: f.replace(b"Linkedid: ", b"LinkedXd: "),
+    "a long event name": lambda f: f.replace(b"Event: ", b"Event: PresenceStateListComplete", 1),
+    "a short frame": lambda f: b"Event: Hangup\r\nLinkedid: 1\r\n\r\n",
+    "a recording VarSet, then another variable": lambda f: (
+        b"Event: VarSet\r\nLinkedid: 1.1\r\nVariable: MIXMONITOR_FILENAME\r\nValue: a.wav\r\n"
+        b"Variable: OTHER\r\nValue: b\r\n\r\n"),
 }
 
 
@@ -365,7 +370,8 @@ def test_a_message_reads_the_same_in_one_pass_as_frame_by_frame(
         assert isinstance(general, tuple) and general[1] == []
         assert events == _decoded(general[0])
     usual = {"as sent", "recording VarSet", "Timestamp not a number", "Timestamp twice",
-             "no Linkedid"}
+             "no Linkedid", "a long event name", "a short frame",
+             "a recording VarSet, then another variable"}
     if not misaligned and max_frame_bytes > len(raw) and {m for _, m in edits} <= usual:
         assert events is not None
 
