@@ -21,11 +21,11 @@ import structlog
 
 from contracts import kafka as k
 from contracts.config import Settings
-from contracts.errors import BrokerError
 from pbxpipe.kafka import (
     ConsumerRecord,
     KafkaError,
     Producer,
+    broker_error,
     make_producer,
     read_to_end,
     stop_clients,
@@ -92,7 +92,7 @@ async def dead_letters(settings: Settings) -> list[tuple[ConsumerRecord[bytes, b
                                          only_existing=True):
             out += [(r, read(r)) for r in records]
     except KafkaError as e:
-        raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: {e or type(e).__name__}") from None
+        raise broker_error(settings, e) from None
     out.sort(key=lambda pair: (pair[1].partition, pair[1].offset))
     return out
 
@@ -119,8 +119,8 @@ async def replay(settings: Settings, *, stage: str | None = None, reason: str | 
             for topic, messages in by_topic.items():
                 await producer.send(topic, messages)
         except KafkaError as e:
-            raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: replay failed, nothing "
-                              f"committed anywhere, run it again: {e or type(e).__name__}") from None
+            raise broker_error(settings, e, "replay failed, nothing committed anywhere, run it "
+                                            "again: ") from None
         finally:
             await stop_clients(producer)
     result = {"chosen": len(letters), "replayed" if not dry_run else "would_replay": sent,

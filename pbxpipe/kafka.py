@@ -80,6 +80,11 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+def broker_error(settings: Settings, e: KafkaError, doing: str = "") -> BrokerError:
+    """The one-line error for a Kafka failure (``doing``: what failed, when it says more)."""
+    return BrokerError(f"Kafka at {settings.kafka_bootstrap}: {doing}{e or type(e).__name__}")
+
+
 DAY_MS = 86_400_000
 
 
@@ -164,7 +169,7 @@ async def topics_retention(settings: Settings) -> dict[str, dict[str, Any]]:
         existing = set(await admin.list_topics())
         described = await _describe_retention(admin, settings, [t for t in names if t in existing])
     except KafkaError as e:
-        raise BrokerError(f"Kafka at {settings.kafka_bootstrap}: {e or type(e).__name__}") from None
+        raise broker_error(settings, e) from None
     finally:
         await admin.close()
     return {t: {"exists": True, **described[t]} if t in described else {"exists": False}
