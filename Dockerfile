@@ -3,6 +3,7 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contracts contracts
+COPY kafkaio kafkaio
 COPY ingest ingest
 COPY enrich enrich
 COPY store store

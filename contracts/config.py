@@ -59,7 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     recordings_sync_pbx_ids: str = ""  # comma-separated PBX ids whose recordings this spool holds; empty: every PBX
     retention_call_days: int = 365  # default for customers without their own policy
     retention_recording_days: int = 365  # never longer than the call's (clamped)
-    # kafka: the stages as separate processes (pbxpipe ingest | enrich | store); see pbxpipe/kafka.py
+    # kafka: the stages as separate processes (pbxpipe ingest | enrich | store); see kafkaio/client.py
     kafka_bootstrap: str = ""  # host:port[,host:port]; empty: `pbxpipe run` keeps every stage in-process
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512

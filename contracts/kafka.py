@@ -22,7 +22,7 @@ KIND_ENVELOPE = b"envelope"  # raw topic, before KIND_AMI: one contracts.envelop
 KIND_QUARANTINED = b"quarantined"  # raw and records topics: contracts.records.Quarantined
 KIND_CALL = b"call"  # records topic: contracts.records.CallRecord
 KIND_LEG = b"leg"  # records topic: contracts.records.CallLeg
-# records topic, what enrich emits: a batch of rows as an Arrow IPC stream (pbxpipe.records_topic)
+# records topic, what enrich emits: a batch of rows as an Arrow IPC stream (kafkaio.records_topic)
 KIND_CALL_BATCH = b"call-batch"
 KIND_LEG_BATCH = b"leg-batch"
 KIND_QUARANTINED_BATCH = b"quarantined-batch"

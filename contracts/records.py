@@ -113,8 +113,12 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     raw: str  # the frame as text; undecodable bytes are backslash-escaped
 
 
+Output = CallRecord | CallLeg | Quarantined
+"""What the enrich core emits: each becomes a row of its own table in the store."""
+
+
 # One Struct per message, msgpack: quarantined frames on the raw topic; on the records topic what
-# enrich sent before it sent Arrow batches (pbxpipe.records_topic), still read. The message's kind
+# enrich sent before it sent Arrow batches (kafkaio.records_topic), still read. The message's kind
 # header (contracts.kafka) says which.
 record_encoder = msgspec.msgpack.Encoder()
 call_record_decoder = msgspec.msgpack.Decoder(CallRecord)

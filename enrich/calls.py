@@ -32,10 +32,8 @@ import msgspec
 
 from contracts.envelope import Envelope
 from contracts.profile import PbxProfile, Role
-from contracts.records import EXTERNAL, CallLeg, CallRecord, Quarantined, Status
+from contracts.records import EXTERNAL, CallLeg, CallRecord, Output, Quarantined, Status
 from enrich.events import Event, MissingLinkedid, decode
-
-Output = CallRecord | CallLeg | Quarantined
 
 RECORDING_USERFIELD_PATTERNS = (r"^rec:(?P<file>\S+)$",)
 """CDR userfields that name a recording; the ``file`` group (else the whole match) is its name.

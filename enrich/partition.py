@@ -12,7 +12,8 @@ from array import array
 from collections.abc import Callable, Sequence
 
 from contracts.envelope import Envelope
-from enrich.calls import CallBuilder, Output
+from contracts.records import Output
+from enrich.calls import CallBuilder
 from enrich.events import Event
 
 

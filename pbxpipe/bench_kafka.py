@@ -71,8 +71,8 @@ def _raw_topic_check(bootstrap: str, capture: bytes) -> str:
     from contracts.config import load_settings
     from contracts.envelope import frames_decoder
     from ingest.framing import AmiFramer
-    from pbxpipe.kafka import read_to_end
-    from pbxpipe.stages import kind_of
+    from kafkaio.client import read_to_end
+    from kafkaio.consume import kind_of
 
     settings = load_settings({"kafka_bootstrap": bootstrap})
     topic = settings.kafka_raw_topic
@@ -124,9 +124,9 @@ def _copy_records(env: dict[str, str], copies: int) -> None:
     import pyarrow.compute as pc
 
     from contracts.config import load_settings
-    from pbxpipe import records_topic
-    from pbxpipe.kafka import Producer, make_producer, read_to_end
-    from pbxpipe.stages import kind_of
+    from kafkaio import records_topic
+    from kafkaio.client import Producer, make_producer, read_to_end
+    from kafkaio.consume import kind_of
 
     settings = load_settings({"kafka_bootstrap": env["PBXPIPE_KAFKA_BOOTSTRAP"],
                               "kafka_idempotence": False})

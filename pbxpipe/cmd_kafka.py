@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
         """The dead letters: where each came from, which stage refused it and why."""
         from pbxpipe.cli import _fail
         from pbxpipe.cmd_retention import _iso
-        from pbxpipe.dead_letters import dead_letters
+        from kafkaio.dead_letters import dead_letters
 
         settings = load_settings(overrides)
         configure_logging(settings.log_format)
@@ -332,7 +332,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from pbxpipe.cli import _fail
-        from pbxpipe.dead_letters import replay
+        from kafkaio.dead_letters import replay
 
         settings = load_settings(overrides)
         configure_logging(settings.log_format)

@@ -203,7 +203,7 @@ def _kafka_topics(settings: Settings) -> dict[str, Any]:
     """The topics' retention (they hold phone numbers too), or why it is unknown."""
     import asyncio
 
-    from pbxpipe.kafka import topics_retention
+    from kafkaio.client import topics_retention
 
     try:
         return asyncio.run(topics_retention(settings))

@@ -21,8 +21,8 @@ from contracts.config import Settings
 from contracts.envelope import Envelope
 from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
-from contracts.records import CallLeg, CallRecord, Quarantined
-from enrich.calls import CallBuilder, Output
+from contracts.records import CallLeg, CallRecord, Output, Quarantined
+from enrich.calls import CallBuilder
 from ingest.capture import read_capture
 from pbxpipe.rating import RatingStage, rating_stage
 from pbxpipe.recordings import recordings_sync

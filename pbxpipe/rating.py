@@ -156,7 +156,7 @@ class RatingStage:
         return self._raised(self.watch.observe(record))
 
     def observe_table(self, calls: Any) -> list[TariffAlert]:
-        """:meth:`observe` over a batch of stored call rows as Arrow (pbxpipe.records_topic):
+        """:meth:`observe` over a batch of stored call rows as Arrow (kafkaio.records_topic):
         the outcomes counted in one pass; only the calls the spend rule watches become records."""
         import pyarrow as pa
         import pyarrow.compute as pc

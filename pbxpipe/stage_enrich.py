@@ -24,13 +24,13 @@ from contracts.envelope import Envelope, envelope_decoder, frames_decoder
 from contracts.errors import FrameError
 from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
-from contracts.records import CallRecord, quarantined_decoder
-from enrich.calls import CallBuilder, Output
+from contracts.records import CallRecord, Output, quarantined_decoder
+from enrich.calls import CallBuilder
 from enrich.events import Event, ignored_frame, read_events
 from enrich.partition import PartitionEnricher
 from ingest.framing import quarantined, read_frames
-from pbxpipe import records_topic
-from pbxpipe.kafka import (
+from kafkaio import records_topic
+from kafkaio.client import (
     ConsumerRecord,
     DeadLetters,
     KafkaError,
@@ -41,7 +41,7 @@ from pbxpipe.kafka import (
     start_clients,
     stop_clients,
 )
-from pbxpipe.stages import (
+from kafkaio.consume import (
     Poison,
     Rebalance,
     group_lag,

@@ -26,7 +26,7 @@ from contracts.records import Quarantined, record_encoder
 from ingest.framing import AmiFramer, quarantined
 from ingest.routing import CallBatcher
 from ingest.spool import Spool
-from pbxpipe.kafka import KafkaError, Message, Producer, make_producer, start_clients
+from kafkaio.client import KafkaError, Message, Producer, make_producer, start_clients
 
 log = structlog.get_logger("pbxpipe.stage_ingest")
 

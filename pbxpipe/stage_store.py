@@ -1,6 +1,6 @@
 """store as a Kafka client: records topic -> ClickHouse.
 
-Each message is a batch of rows as Arrow (pbxpipe.records_topic), checked against its schema and
+Each message is a batch of rows as Arrow (kafkaio.records_topic), checked against its schema and
 inserted as Arrow columns, never one Python object per row. Batches close on size (rows) or age;
 each insert carries deduplication tokens named by its offset ranges; offsets are committed after
 ClickHouse acknowledged; fetching pauses while ClickHouse is down, and nothing is dropped.
@@ -23,8 +23,8 @@ from contracts import kafka as k
 from contracts import metrics
 from contracts.config import Settings
 from contracts.errors import StoreError
-from pbxpipe import records_topic
-from pbxpipe.kafka import (
+from kafkaio import records_topic
+from kafkaio.client import (
     DeadLetters,
     KafkaError,
     Producer,
@@ -34,8 +34,7 @@ from pbxpipe.kafka import (
     start_clients,
     stop_clients,
 )
-from pbxpipe.records_topic import Kind, RecordsError
-from pbxpipe.stages import (
+from kafkaio.consume import (
     Poison,
     Rebalance,
     group_lag,
@@ -43,6 +42,7 @@ from pbxpipe.stages import (
     observe_lag,
     poison_guard,
 )
+from kafkaio.records_topic import Kind, RecordsError
 from store import schema
 
 log = structlog.get_logger("pbxpipe.stage_store")

@@ -260,7 +260,7 @@ class ClickHouseStore:
         return self._insert(table, insert, len(rows), token)
 
     def write_arrow(self, table: Table, data: pa.Table, token: str) -> int:
-        """Insert an Arrow table of the table's insert columns (pbxpipe.records_topic's batches:
+        """Insert an Arrow table of the table's insert columns (kafkaio.records_topic's batches:
         epoch-second floats where ClickHouse has DateTime64(3)); returns the rows sent.
 
         The fast path: the columns go to ClickHouse as they are, no Python object per row.

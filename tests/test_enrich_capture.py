@@ -9,8 +9,8 @@ from conftest import CAPTURE
 
 from contracts.envelope import Envelope
 from contracts.profile import PbxProfile
-from contracts.records import CallLeg, CallRecord
-from enrich.calls import CallBuilder, Output
+from contracts.records import CallLeg, CallRecord, Output
+from enrich.calls import CallBuilder
 
 EXACT = ("direction", "caller", "called", "answered", "first_answered_by", "last_answered_by", "status")
 TIMES = ("start", "end", "duration_s", "wait_s", "talk_s")

@@ -273,7 +273,7 @@ def records_for(calls: int) -> list[CallRecord]:
 
 
 async def produce(settings: Any, topic: str, messages: list[tuple[bytes, bytes, bytes, float]]) -> None:
-    from pbxpipe.kafka import Producer, ensure_topics, make_producer
+    from kafkaio.client import Producer, ensure_topics, make_producer
 
     await ensure_topics(settings, [topic, settings.kafka_dead_letter_topic])
     p = Producer(make_producer(settings), "test")
@@ -392,8 +392,8 @@ def test_dead_letters_are_listed_and_records_replayed_into_the_store(broker, tmp
     however often they are replayed; raw-topic frames are counted, not sent."""
     from aiokafka.structs import ConsumerRecord
 
-    from pbxpipe import records_topic
-    from pbxpipe.kafka import (
+    from kafkaio import records_topic
+    from kafkaio.client import (
         DeadLetters,
         Producer,
         ensure_topics,
@@ -473,7 +473,7 @@ def msgspec_dict(settings: Any) -> dict[str, Any]:
 
 def test_missing_topics_are_created_or_named(broker):
     """With topic creation off, a missing topic is an error that says what to create."""
-    from pbxpipe.kafka import ensure_topics
+    from kafkaio.client import ensure_topics
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_create_topics": False,
                               "kafka_partitions": 2})
@@ -517,7 +517,7 @@ def test_topics_are_created_deleted_by_age_and_one_kept_longer_is_reported(broke
     the topics too."""
     from structlog.testing import capture_logs
 
-    from pbxpipe.kafka import ensure_topics
+    from kafkaio.client import ensure_topics
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_partitions": 1,
                               "kafka_raw_topic": "ret-raw", "kafka_records_topic": "ret-records",
@@ -701,7 +701,7 @@ def test_a_stage_given_an_unknown_compression_exits_with_one_clear_line(stage, t
 def test_batches_are_compressed_off_the_event_loop_unless_idempotent():
     """Without idempotence a batch is final once filled, so it is built (compressed) in a
     thread; an idempotent producer stamps each batch when it is sent, so there it is not."""
-    from pbxpipe.kafka import Producer, make_producer
+    from kafkaio.client import Producer, make_producer
 
     async def prebuilds(**overrides: Any) -> bool:
         producer = make_producer(load_settings({"kafka_bootstrap": "127.0.0.1:9", **overrides}))

@@ -408,7 +408,7 @@ WEEK = {"retention.ms": "604800000", "cleanup.policy": "delete"}
 ])
 def test_a_topic_keeping_data_longer_than_wanted_is_told(actual: dict[str, str],
                                                          gap: str | None) -> None:
-    from pbxpipe.kafka import retention_gap
+    from kafkaio.client import retention_gap
 
     assert retention_gap(WEEK, actual) == gap
 
@@ -417,7 +417,7 @@ def test_a_dead_letter_is_read_from_its_headers_and_replayed_only_into_the_recor
     from aiokafka.structs import ConsumerRecord
 
     from contracts.config import load_settings
-    from pbxpipe.dead_letters import chosen, not_replayed, read
+    from kafkaio.dead_letters import chosen, not_replayed, read
 
     settings = load_settings(environ={})
     headers = [(k.HEADER_KIND, b"leg-batch"), (k.HEADER_DLQ_REASON, b"undecodable"),

@@ -24,8 +24,8 @@ from contracts.config import Settings, load_settings
 from contracts.metrics import REGISTRY
 from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallLeg, CallRecord, Quarantined
-from pbxpipe import records_topic as rt
-from pbxpipe.records_topic import RecordsError
+from kafkaio import records_topic as rt
+from kafkaio.records_topic import RecordsError
 from store.clickhouse import ClickHouseStore, RetryPolicy
 from store.schema import CALL_LEGS, CALLS
 from tests.kafkabroker import Broker, read_topic
@@ -303,7 +303,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 async def _through_the_store_stage(cfg: Settings, store: ClickHouseStore, msgs: list[Any],
                                    on_written: Callable[[str, pa.Table], None]) -> None:
     """Produce ``msgs`` to the records topic, then run a StoreStage over it until idle."""
-    from pbxpipe.kafka import Producer, ensure_topics, make_producer
+    from kafkaio.client import Producer, ensure_topics, make_producer
     from pbxpipe.stage_store import StoreStage
 
     await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])

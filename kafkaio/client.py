@@ -28,7 +28,7 @@ from contracts import metrics
 from contracts.config import Settings
 from contracts.errors import BrokerError, ConfigError, TopicsMissing
 
-log = structlog.get_logger("pbxpipe.kafka")
+log = structlog.get_logger("kafkaio.client")
 
 class _OncePerKind(logging.Filter):
     """aiokafka logs every failed connection attempt, many per second during an outage: let

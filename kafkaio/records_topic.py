@@ -20,18 +20,18 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from contracts import kafka as k
+from contracts.kafka import Message
 from contracts.records import (
     MONEY_PRECISION,
     MONEY_SCALE,
     CallLeg,
     CallRecord,
+    Output,
     Quarantined,
     call_leg_decoder,
     call_record_decoder,
     quarantined_decoder,
 )
-from enrich.calls import Output
-from pbxpipe.kafka import Message
 
 MESSAGE_ROWS = 1_000
 """Rows per message at most: a batch of call rows stays well under Kafka's 1 MB message limit."""
@@ -62,7 +62,7 @@ def _arrow_type(t: msgspec.inspect.Type) -> tuple[pa.DataType, bool]:
         return pa.decimal128(MONEY_PRECISION, MONEY_SCALE), False
     elif isinstance(t, msgspec.inspect.VarTupleType):
         return pa.list_(pa.field("item", _arrow_type(t.item_type)[0], nullable=False)), False
-    raise TypeError(f"no Arrow type for {t!r}: extend pbxpipe.records_topic._arrow_type")
+    raise TypeError(f"no Arrow type for {t!r}: extend kafkaio.records_topic._arrow_type")
 
 
 @dataclass(frozen=True, eq=False)  # one object per kind: hashed by identity

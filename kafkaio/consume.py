@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from contracts import kafka as k
 from contracts import metrics
 from contracts.errors import PoisonBatch
-from pbxpipe.kafka import ConsumerRecord, KafkaError, Message, Producer, TopicPartition
+from kafkaio.client import ConsumerRecord, KafkaError, Message, Producer, TopicPartition
 
 Poison = tuple[ConsumerRecord[bytes, bytes], str, str]
 
@@ -25,7 +25,8 @@ POISON_GUARD_MIN = 10
 
 
 def kind_of(record: ConsumerRecord[bytes, bytes]) -> bytes:
-    for key, value in record.headers or ():
+    headers: Sequence[tuple[str, bytes]] = record.headers or ()
+    for key, value in headers:
         if key == k.HEADER_KIND:
             return value
     return b""

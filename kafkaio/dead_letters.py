@@ -1,7 +1,7 @@
 """The dead-letter topic read back and replayed: ``pbxpipe dead-letters list | replay``.
 
 A stage sends a message it cannot read to the dead-letter topic, its key and value as they were
-and the reason and origin in headers (:class:`pbxpipe.kafka.DeadLetters`). Once the cause is
+and the reason and origin in headers (:class:`kafkaio.client.DeadLetters`). Once the cause is
 fixed (a store that reads what a newer enrich writes, say), ``replay`` sends the messages back
 to the topic they came from with their kind header alone, and the stage that refused them reads
 them again.
@@ -21,7 +21,7 @@ import structlog
 
 from contracts import kafka as k
 from contracts.config import Settings
-from pbxpipe.kafka import (
+from kafkaio.client import (
     ConsumerRecord,
     KafkaError,
     Producer,
@@ -31,7 +31,7 @@ from pbxpipe.kafka import (
     stop_clients,
 )
 
-log = structlog.get_logger("pbxpipe.dead_letters")
+log = structlog.get_logger("kafkaio.dead_letters")
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
