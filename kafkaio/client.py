@@ -1,8 +1,8 @@
 """The Kafka adapter (aiokafka): clients from Settings, topics, batched produce, dead letters.
 
-Thin on purpose: the stages (pbxpipe/stage_*.py) decide what to send and when to commit; this
-module only speaks Kafka. Produce goes through the batch API, one batch per partition per round,
-and a round is awaited as a whole: never one await per message.
+Thin on purpose: the stages (ingest/stage.py, enrich/stage.py, store/stage.py) decide what to
+send and when to commit; this module only speaks Kafka. Produce goes through the batch API, one
+batch per partition per round, and a round is awaited as a whole: never one await per message.
 """
 
 from __future__ import annotations

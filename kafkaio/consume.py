@@ -1,7 +1,7 @@
 """What the three Kafka stages share: poison guard, dead-letter kinds, produce-until-acked,
-consumer lag, rebalance hooks. The stages themselves: :mod:`pbxpipe.stage_ingest` (AMI -> raw
-topic), :mod:`pbxpipe.stage_enrich` (raw -> records topic), :mod:`pbxpipe.stage_store` (records
-topic -> ClickHouse). Each commits only what its output already reflects.
+consumer lag, rebalance hooks. The stages themselves: :mod:`ingest.stage` (AMI -> raw topic),
+:mod:`enrich.stage` (raw -> records topic), :mod:`store.stage` (records topic -> ClickHouse).
+Each commits only what its output already reflects.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ async def _measure(settings: Any, env: dict[str, str], tmp: Path, run: str,
                    procs: dict[str, subprocess.Popen[bytes]], status_path: Path,
                    broker_pid: int | None) -> dict[str, Any]:
     from contracts import metrics
-    from pbxpipe.stage_store import StoreStage
+    from store.stage import StoreStage
     from store.clickhouse import ClickHouseStore
 
     inserted: Counter[str] = Counter()

@@ -113,7 +113,7 @@ def _run(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 async def ingest_main(settings: Settings, captures: list[Path] | None = None,
                       idle_exit: float | None = None, stop: asyncio.Event | None = None) -> None:
-    from pbxpipe.stage_ingest import IngestStage
+    from ingest.stage import IngestStage
 
     stage = IngestStage(settings)
     stop = stop or asyncio.Event()
@@ -131,7 +131,7 @@ async def ingest_main(settings: Settings, captures: list[Path] | None = None,
 
 async def enrich_main(settings: Settings, profile: PbxProfile, idle_exit: float | None = None,
                       stop: asyncio.Event | None = None) -> None:
-    from pbxpipe.stage_enrich import EnrichStage
+    from enrich.stage import EnrichStage
 
     stage = EnrichStage(settings, profile, rate=_rate(settings, profile))
     stop = stop or asyncio.Event()
@@ -182,7 +182,7 @@ def open_kafka_store(settings: Settings) -> Any:
 
 async def store_main(settings: Settings, store: Any = None, idle_exit: float | None = None,
                      stop: asyncio.Event | None = None) -> None:
-    from pbxpipe.stage_store import StoreStage
+    from store.stage import StoreStage
 
     store = store if store is not None else open_kafka_store(settings)
     stage = StoreStage(settings, store, on_written=_spend_watch(settings, store))
@@ -201,9 +201,9 @@ async def run_via_kafka(settings: Settings, profile: PbxProfile, store: Any,
     With ``idle_exit``, ingest ends after that long without frames; enrich and store end once
     they have stayed caught up, with nothing open or pending, for as long.
     """
-    from pbxpipe.stage_enrich import EnrichStage
-    from pbxpipe.stage_ingest import IngestStage
-    from pbxpipe.stage_store import StoreStage
+    from enrich.stage import EnrichStage
+    from ingest.stage import IngestStage
+    from store.stage import StoreStage
 
     stop = asyncio.Event()
     _stop_on_signals(stop)

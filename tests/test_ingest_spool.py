@@ -152,7 +152,7 @@ def test_ingest_syncs_its_spool_in_a_thread_and_on_close(tmp_path: Path,
     """Frames spilled to the spool are fdatasync'd by a worker thread, never on the event loop
     that reads AMI (Asterisk drops a manager client that stalls); what came after is synced by
     the time close() returns."""
-    from pbxpipe.stage_ingest import IngestStage
+    from ingest.stage import IngestStage
 
     threads: list[bool] = []  # True: on the event loop's thread
     real = os.fdatasync
@@ -188,7 +188,7 @@ def test_ingest_syncs_its_spool_in_a_thread_and_on_close(tmp_path: Path,
 
 def test_ingest_reports_a_recovered_cursor_once(tmp_path: Path) -> None:
     """A spool whose cursor a crash left unreadable is logged and counted when ingest starts."""
-    from pbxpipe.stage_ingest import IngestStage
+    from ingest.stage import IngestStage
 
     spool_with_a_consumed_head(tmp_path / "pbx1")
     (tmp_path / "pbx1" / "cursor").write_bytes(b"")

@@ -288,7 +288,7 @@ def test_store_pauses_while_clickhouse_is_down_and_drops_nothing(broker, tmp_pat
     """ClickHouse refuses inserts for a while: the store backs off with fetching paused, then
     inserts every record once and commits."""
     from pbxpipe.cmd_kafka import open_kafka_store
-    from pbxpipe.stage_store import StoreStage
+    from store.stage import StoreStage
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                               "kafka_partitions": 3, "batch_rows": 500, "batch_age_s": 0.2,
@@ -336,7 +336,7 @@ def test_poison_goes_to_the_dead_letter_topic_and_a_poisoned_batch_stops_the_con
     A fetch that is mostly poison stops the consumer instead."""
 
     from pbxpipe.cmd_kafka import open_kafka_store
-    from pbxpipe.stage_store import StoreStage
+    from store.stage import StoreStage
 
     settings = load_settings({"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": False,
                               "kafka_partitions": 1, "batch_age_s": 0.1,
@@ -604,9 +604,9 @@ import asyncio, sys
 from contracts.config import load_settings
 from contracts.errors import BrokerError
 from contracts.profile import DEFAULT_PROFILE
-from pbxpipe.stage_enrich import EnrichStage
-from pbxpipe.stage_ingest import IngestStage
-from pbxpipe.stage_store import StoreStage
+from enrich.stage import EnrichStage
+from ingest.stage import IngestStage
+from store.stage import StoreStage
 
 async def main(stage):
     settings = load_settings()
@@ -644,9 +644,9 @@ def test_run_via_kafka_closes_a_stage_only_once_its_start_has_ended(monkeypatch,
     start), and the error that stopped the run is the one raised."""
     from contracts.errors import BrokerError
     from pbxpipe import cmd_kafka
-    from pbxpipe.stage_enrich import EnrichStage
-    from pbxpipe.stage_ingest import IngestStage
-    from pbxpipe.stage_store import StoreStage
+    from enrich.stage import EnrichStage
+    from ingest.stage import IngestStage
+    from store.stage import StoreStage
 
     seen: list[str] = []
 

@@ -304,7 +304,7 @@ async def _through_the_store_stage(cfg: Settings, store: ClickHouseStore, msgs: 
                                    on_written: Callable[[str, pa.Table], None]) -> None:
     """Produce ``msgs`` to the records topic, then run a StoreStage over it until idle."""
     from kafkaio.client import Producer, ensure_topics, make_producer
-    from pbxpipe.stage_store import StoreStage
+    from store.stage import StoreStage
 
     await ensure_topics(cfg, [cfg.kafka_records_topic, cfg.kafka_dead_letter_topic])
     producer = Producer(make_producer(cfg), "test")

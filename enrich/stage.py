@@ -51,7 +51,7 @@ from kafkaio.consume import (
     send_until_acked,
 )
 
-log = structlog.get_logger("pbxpipe.stage_enrich")
+log = structlog.get_logger("enrich.stage")
 
 
 class EnrichStage:

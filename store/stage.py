@@ -45,7 +45,7 @@ from kafkaio.consume import (
 from kafkaio.records_topic import Kind, RecordsError
 from store import schema
 
-log = structlog.get_logger("pbxpipe.stage_store")
+log = structlog.get_logger("store.stage")
 
 _TABLES = {t.name: t for t in schema.TABLES}
 

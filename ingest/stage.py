@@ -28,7 +28,7 @@ from ingest.routing import CallBatcher
 from ingest.spool import Spool
 from kafkaio.client import KafkaError, Message, Producer, make_producer, start_clients
 
-log = structlog.get_logger("pbxpipe.stage_ingest")
+log = structlog.get_logger("ingest.stage")
 
 
 
