@@ -91,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_poison_ratio: float = 0.5  # a consumer stops when more than this share of a batch is poison
     kafka_backoff_max_s: float = 10.0  # cap of the store's retry backoff while ClickHouse is down
 
-    # tariffs: cost of outbound calls (enrich/tariffs.py); columns in pbxpipe/data/tariffs_pl/README.md
+    # tariffs: cost of outbound calls (enrich/tariffs.py); columns in enrich/data/tariffs_pl/README.md
     tariff_path: str = ""  # rates CSV, or a directory with rates.csv (+ customers.csv, holidays.csv); empty: the sample PLN list; "off": no rating
     tariff_timezone: str = "Europe/Warsaw"  # local time of time bands, validity dates and holidays
     tariff_alert_categories: str = "premium,international"  # unusual traffic: destinations watched

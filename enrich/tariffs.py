@@ -1,6 +1,6 @@
 """Outbound call cost from a price list, rated the way operators bill. Pure: text in, costs out.
 
-A price list is three CSV texts (see ``pbxpipe/data/tariffs_pl/README.md`` for the columns):
+A price list is three CSV texts (see ``enrich/data/tariffs_pl/README.md`` for the columns):
 ``rates`` (one row per plan, destination prefix and time band), ``customers`` (customer -> plan,
 ``*`` = the default plan) and ``holidays`` (local dates billed as holidays). :func:`parse_tariff`
 validates them, naming file, line, column and reason for every mistake, and :class:`Rater` rates:
@@ -63,18 +63,6 @@ DEFAULT_PLAN = "default"
 
 _CTX = Context(prec=40)  # far more digits than any price list needs: rounding happens once, at the end
 _SIXTY = Decimal(60)
-
-RATING_REVISION_SHIFT = 32
-"""``CallRecord.version`` of a re-rated row: the rating revision in the high 32 bits, the events
-folded in below. A re-rated row beats every version the pipeline writes (events only) and each
-re-rating beats the previous one, in ReplacingMergeTree(version)."""
-
-
-def rerated_version(version: int) -> int:
-    """The version of a call's row after one more re-rating (see RATING_REVISION_SHIFT)."""
-    revision = (version >> RATING_REVISION_SHIFT) + 1
-    return (revision << RATING_REVISION_SHIFT) | (version & ((1 << RATING_REVISION_SHIFT) - 1))
-
 
 # -- numbers -----------------------------------------------------------------------------------
 
@@ -686,11 +674,6 @@ class Rater:
 def billable_seconds(talk_s: float) -> int:
     """Whole seconds of talk, floored like Asterisk's billsec (talk_s has millisecond precision)."""
     return int(Decimal(repr(talk_s)).to_integral_value(rounding=ROUND_DOWN)) if talk_s > 0 else 0
-
-
-def rating_of(record: CallRecord) -> Rating:
-    """The cost fields of a stored record."""
-    return Rating(**{f: getattr(record, f) for f in Rating.__struct_fields__})
 
 
 RateCall = Callable[[CallRecord], CallRecord]

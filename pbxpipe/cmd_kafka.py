@@ -144,7 +144,7 @@ async def enrich_main(settings: Settings, profile: PbxProfile, idle_exit: float 
 
 def _rate(settings: Settings, profile: PbxProfile) -> Callable[[Any], Any] | None:
     """The tariff's pure rating function for the call builders (None with tariffs off)."""
-    from pbxpipe.rating import rating_stage
+    from enrich.rating import rating_stage
 
     stage = rating_stage(settings, profile)
     return stage.rate if stage is not None else None
@@ -152,10 +152,10 @@ def _rate(settings: Settings, profile: PbxProfile) -> Callable[[Any], Any] | Non
 
 def _spend_watch(settings: Settings, store: Any) -> Callable[[str, Any], None] | None:
     """Unusual-traffic alerts over the call rows once they are stored (None with tariffs off)."""
-    from pbxpipe.rating import rating_stage
+    from pbxpipe.pipeline import load_rating
     from store.schema import TARIFF_ALERTS, batch_token
 
-    stage = rating_stage(settings, _profile(settings), store)
+    stage = load_rating(settings, _profile(settings), store)
     if stage is None:
         return None
     import pyarrow.acero  # noqa: F401  observe_table's group_by runs on it: loaded now, not in the first flush

@@ -37,7 +37,7 @@ def check(
     tariff_tz: Tz = None,
 ) -> None:
     """Validate a price list: every problem with its file, line, column and reason."""
-    from pbxpipe.rating import check_file
+    from enrich.rating import check_file
 
     settings = _settings(tariff_timezone=tariff_tz)
     try:
@@ -60,8 +60,8 @@ def show(
     tariff_tz: Tz = None,
 ) -> None:
     """How a number would be rated, and why: plan, matched prefix, band, increments, example costs."""
+    from enrich.rating import load_tariff, zone_of
     from enrich.tariffs import Rater
-    from pbxpipe.rating import load_tariff, zone_of
     from store.queries import money_str
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, tariff_timezone=tariff_tz)
@@ -123,8 +123,9 @@ def show(
 @tariffs_app.command("load")
 def load(tariff: TariffPath = None, clickhouse: Dsn = None, tariff_tz: Tz = None) -> None:
     """Load the price list into ClickHouse (table tariffs), for dashboards to join."""
+    from enrich.rating import load_tariff
     from pbxpipe.pipeline import open_store
-    from pbxpipe.rating import load_tariff, publish
+    from store.tariffs import publish
 
     settings = _settings(tariff_path=tariff, clickhouse_dsn=clickhouse, tariff_timezone=tariff_tz)
     try:
@@ -155,11 +156,12 @@ def rerate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from enrich.rating import load_tariff
     from enrich.tariffs import Rater
     from pbxpipe.pipeline import open_store
-    from pbxpipe.rating import load_tariff, publish
-    from pbxpipe.rating import rerate as do_rerate
     from store.queries import money_str
+    from store.tariffs import publish
+    from store.tariffs import rerate as do_rerate
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, clickhouse_dsn=clickhouse,
                          tariff_timezone=tariff_tz)
@@ -179,7 +181,7 @@ def rerate(
             def step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            report = do_rerate(store, Rater(tar, profile), since=_parse_time(since, zone, "--since"),
+            report = do_rerate(store, Rater(tar, profile).rate_call, since=_parse_time(since, zone, "--since"),
                                until=_parse_time(until, zone, "--until"), plan=plan, pbx_id=customer,
                                tz=tz, progress=step, dry_run=dry_run)
     except PbxPipeError as e:

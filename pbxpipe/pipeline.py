@@ -23,12 +23,13 @@ from contracts.logs import LogOnce
 from contracts.profile import PbxProfile
 from contracts.records import CallLeg, CallRecord, Output, Quarantined
 from enrich.calls import CallBuilder
+from enrich.rating import RatingStage, rating_stage
 from ingest.capture import read_capture
-from pbxpipe.rating import RatingStage, rating_stage
 from pbxpipe.recordings import recordings_sync
 from store.batching import Batcher
 from store.clickhouse import ClickHouseStore
 from store.schema import TARIFF_ALERTS, batch_token
+from store.tariffs import publish
 
 log = structlog.get_logger("pbxpipe.pipeline")
 
@@ -106,6 +107,16 @@ def open_store(settings: Settings) -> ClickHouseStore:
     return store
 
 
+def load_rating(settings: Settings, profile: PbxProfile,
+                store: ClickHouseStore) -> RatingStage | None:
+    """The tariff stage of the settings (None when tariffs are off), its price list loaded into
+    ClickHouse for dashboards to join."""
+    rating = rating_stage(settings, profile)
+    if rating is not None:
+        publish(store, rating.tariff)
+    return rating
+
+
 def new_builder(settings: Settings, profile: PbxProfile,
                 rating: RatingStage | None = None) -> CallBuilder:
     return CallBuilder(profile, pbx_id=settings.pbx_id, grace_s=settings.call_grace_s,
@@ -118,7 +129,7 @@ def replay(paths: Iterable[Path], settings: Settings, profile: PbxProfile,
            store: ClickHouseStore | None = None) -> dict[str, int]:
     """Feed raw AMI captures through the same core and sink; returns counts."""
     store = store or open_store(settings)
-    rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
+    rating = load_rating(settings, profile, store)  # tariffs: cost of outbound calls
     sink = Sink(store, settings, rating=rating)
     builder = new_builder(settings, profile, rating)
     counts = {"frames": 0, "calls": 0, "legs": 0, "quarantined": 0}
@@ -163,7 +174,7 @@ class LivePipeline:
 
         self.settings = settings
         self.clock = clock
-        rating = rating_stage(settings, profile, store)  # tariffs: cost of outbound calls
+        rating = load_rating(settings, profile, store)  # tariffs: cost of outbound calls
         self.builder = new_builder(settings, profile, rating)
         self.sink = Sink(store, settings, on_record=on_record, rating=rating)
         self.queue: asyncio.Queue[Envelope | Quarantined] = asyncio.Queue(settings.queue_size)

@@ -197,7 +197,7 @@ def test_observe_many_matches_observe() -> None:
 def test_spend_alerts_over_a_table_match_alerts_over_records() -> None:
     """The store's spend watch over Arrow rows raises the alerts, and counts the outcomes, that
     the per-record watch does."""
-    from pbxpipe.rating import rating_stage
+    from enrich.rating import rating_stage
 
     cfg = load_settings({"tariff_alert_calls_per_hour": 2, "tariff_alert_cost_per_hour": "3"})
     calls = ([call(i) for i in range(4)] + [missed(10), call(11, destination_category="mobile")]

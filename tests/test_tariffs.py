@@ -20,14 +20,13 @@ from contracts.tariffs import Rating
 from enrich.calls import CallBuilder
 from enrich.spend import SpendRule, SpendWatch
 from enrich.tariffs import (
-    RATING_REVISION_SHIFT,
     Increments,
     Rater,
     billable_seconds,
     parse_tariff,
-    rerated_version,
     to_e164,
 )
+from store.tariffs import RATING_REVISION_SHIFT, rerated_version
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 HEADER = ("plan,prefix,destination,category,band,days,hours,valid_from,valid_to,sell_per_min,"
@@ -335,7 +334,7 @@ def test_version_follows_prices_not_formatting() -> None:
 
 
 def test_the_sample_price_list_validates() -> None:
-    base = resources.files("pbxpipe").joinpath("data", "tariffs_pl")
+    base = resources.files("enrich").joinpath("data", "tariffs_pl")
     t = parse_tariff(base.joinpath("rates.csv").read_text(), zone=WARSAW,
                      customers=base.joinpath("customers.csv").read_text(),
                      holidays=base.joinpath("holidays.csv").read_text())
@@ -445,7 +444,7 @@ def test_the_capture_outbound_calls_rated_with_the_sample_price_list(
         capture_envelopes, capture_profile, expected_calls) -> None:
     """CallBuilder with the sample list's Rater: every outbound call of the real capture gets its
     cost; inbound and internal calls stay unrated."""
-    base = resources.files("pbxpipe").joinpath("data", "tariffs_pl")
+    base = resources.files("enrich").joinpath("data", "tariffs_pl")
     tariff = parse_tariff(base.joinpath("rates.csv").read_text(), zone=WARSAW,
                           customers=base.joinpath("customers.csv").read_text(),
                           holidays=base.joinpath("holidays.csv").read_text())

@@ -55,7 +55,7 @@ def raised_price_list(tmp_path_factory) -> Path:
     """The sample list with plan business's national rate doubled (0.06 -> 0.12 PLN/min)."""
     target = tmp_path_factory.mktemp("pricelist")
     for name in ("rates.csv", "customers.csv", "holidays.csv"):
-        src = resources.files("pbxpipe").joinpath("data", "tariffs_pl", name)
+        src = resources.files("enrich").joinpath("data", "tariffs_pl", name)
         (target / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
     rates = target / "rates.csv"
     text = rates.read_text()
@@ -136,7 +136,7 @@ def test_tariffs_check_names_line_column_and_reason(tmp_path):
     assert out.returncode == 1
     assert f"{bad}:3: category: must be one of national, mobile" in out.stderr
     assert f"{bad}:3: sell_per_min: not a decimal number: '0.1O'" in out.stderr
-    good = pbxpipe("tariffs", "check", str(resources.files("pbxpipe").joinpath("data", "tariffs_pl")))
+    good = pbxpipe("tariffs", "check", str(resources.files("enrich").joinpath("data", "tariffs_pl")))
     assert good.returncode == 0 and good.stdout.startswith("ok: 73 rates in 2 plans")
 
 

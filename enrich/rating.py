@@ -1,20 +1,19 @@
-"""The tariff shell: price-list files -> Rater, the ``tariffs`` table, unusual-traffic alerts, re-rating.
+"""The tariff stage: price-list files -> Rater, and the unusual-traffic watch over rated calls.
 
-The rating itself is pure (enrich/tariffs.py, enrich/spend.py); this module reads files, talks to
-ClickHouse and counts metrics.
+The rating itself is pure (enrich/tariffs.py, enrich/spend.py); this module reads the price-list
+files and counts metrics. Loading the list into ClickHouse and re-rating stored calls are the
+store's (store/tariffs.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
 import structlog
 
 from contracts import metrics
@@ -24,19 +23,9 @@ from contracts.profile import PbxProfile
 from contracts.records import CallRecord
 from contracts.tariffs import TariffAlert
 from enrich.spend import SpendRule, SpendWatch
-from enrich.tariffs import (
-    Rater,
-    Tariff,
-    file_kind,
-    parse_tariff,
-    rating_of,
-    rerated_version,
-)
-from store import queries
-from store.clickhouse import ClickHouseStore
-from store.schema import TARIFFS, batch_token
+from enrich.tariffs import Rater, Tariff, file_kind, parse_tariff
 
-log = structlog.get_logger("pbxpipe.rating")
+log = structlog.get_logger("enrich.rating")
 
 SAMPLE = "sample:tariffs_pl"
 FILES = ("rates.csv", "customers.csv", "holidays.csv")
@@ -61,11 +50,11 @@ def _read(path: Path) -> str:
 def read_files(path: str) -> tuple[dict[str, str], tuple[str, str, str]]:
     """The texts of a price list (rates, customers, holidays) and their names for messages.
 
-    ``path``: "" = the sample shipped in pbxpipe/data/tariffs_pl; a directory with rates.csv and
+    ``path``: "" = the sample shipped in enrich/data/tariffs_pl; a directory with rates.csv and
     optionally customers.csv and holidays.csv; or a rates CSV (its siblings are read if present).
     """
     if not path:
-        base = resources.files("pbxpipe").joinpath("data", "tariffs_pl")
+        base = resources.files("enrich").joinpath("data", "tariffs_pl")
         texts = {n: base.joinpath(n).read_text(encoding="utf-8") for n in FILES}
         return texts, tuple(f"{SAMPLE}/{n}" for n in FILES)  # type: ignore[return-value]
     p = Path(path)
@@ -122,17 +111,6 @@ def spend_rule(settings: Settings) -> SpendRule:
                      max_cost=max_cost, max_calls=settings.tariff_alert_calls_per_hour)
 
 
-def publish(store: ClickHouseStore, tariff: Tariff) -> int:
-    """Load the price list into ClickHouse (table ``tariffs``) unless that version is there."""
-    have = store.query("SELECT count() AS n FROM tariffs WHERE version = {v:String}", {"v": tariff.version})
-    if have and int(have[0]["n"]):
-        return 0
-    rows = tariff.rows()
-    store.write_structs(TARIFFS, rows, f"tariffs:{tariff.version}")
-    log.info("tariff_loaded", version=tariff.version, rows=len(rows))
-    return len(rows)
-
-
 # SpendWatch.watched's arguments, as the calls table's columns
 _WATCHED_FIELDS = ["pbx_id", "caller", "start", "cost", "currency", "call_id"]
 
@@ -158,8 +136,8 @@ class RatingStage:
     def observe_table(self, calls: Any) -> list[TariffAlert]:
         """:meth:`observe` over a batch of stored call rows as Arrow (kafkaio.records_topic):
         the outcomes counted in one pass; only the calls the spend rule watches become records."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
 
         # counted over the two columns alone (filtering the table would copy every column)
         outcomes = pa.table({"pbx_id": calls["pbx_id"], "rating": calls["rating"]})
@@ -186,86 +164,8 @@ class RatingStage:
         return alerts
 
 
-def rating_stage(settings: Settings, profile: PbxProfile,
-                 store: ClickHouseStore | None = None) -> RatingStage | None:
-    """The tariff stage of the settings (None when ``tariff_path`` is "off"); the price list is
-    loaded into ClickHouse when a store is given."""
+def rating_stage(settings: Settings, profile: PbxProfile) -> RatingStage | None:
+    """The tariff stage of the settings (None when ``tariff_path`` is "off")."""
     if settings.tariff_path.strip().lower() == "off":
         return None
-    tariff = load_tariff(settings)
-    if store is not None:
-        publish(store, tariff)
-    return RatingStage(tariff, profile, spend_rule(settings))
-
-
-# -- re-rating ---------------------------------------------------------------------------------
-
-
-@dataclass
-class RerateReport:
-    calls: int = 0  # outbound calls looked at
-    changed: int = 0  # written as a new row version
-    before: dict[str, Decimal] = field(default_factory=dict)  # currency -> sell total
-    after: dict[str, Decimal] = field(default_factory=dict)
-    margin_before: dict[str, Decimal] = field(default_factory=dict)
-    margin_after: dict[str, Decimal] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        def m(d: dict[str, Decimal]) -> dict[str, str]:
-            return {k or "-": queries.money_str(v) for k, v in sorted(d.items())}
-
-        return {"calls": self.calls, "changed": self.changed, "cost_before": m(self.before),
-                "cost_after": m(self.after), "margin_before": m(self.margin_before),
-                "margin_after": m(self.margin_after)}
-
-
-def _add(d: dict[str, Decimal], currency: str, amount: Decimal) -> None:
-    d[currency] = d.get(currency, Decimal(0)) + amount
-
-
-def rerate(store: ClickHouseStore, rater: Rater, *, since: Any = None, until: Any = None,
-           plan: str | None = None, pbx_id: str | None = None, tz: str = "UTC",
-           page: int = 5_000, progress: Callable[[int, int], None] | None = None,
-           dry_run: bool = False) -> RerateReport:
-    """Rate the outbound calls that started in [since, until) again and write those whose rating
-    changed as a new row version (see enrich.tariffs.rerated_version). Idempotent: with the same
-    price list nothing changes the second time. ``plan``: only calls on that plan, before or after.
-    ``progress(done, total)`` is called after each page."""
-    report = RerateReport()
-    q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz, count=True)
-    total = int(store.query(q.sql, q.parameters)[0]["calls"])
-    after: tuple[int, str] | None = None
-    done = 0
-    while True:
-        q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz,
-                                         after=after, limit=page)
-        rows = store.query(q.sql, q.parameters)
-        if not rows:
-            break
-        after = (int(rows[-1]["start_ms"]), rows[-1]["call_id"])
-        changed: list[CallRecord] = []
-        for row in rows:
-            old = queries.record_from_row(row)
-            new = rater.rate_call(old)
-            if plan is not None and plan not in (old.tariff_plan, new.tariff_plan):
-                continue
-            report.calls += 1
-            _add(report.before, old.currency, old.cost)
-            _add(report.margin_before, old.currency, old.margin)
-            _add(report.after, new.currency, new.cost)
-            _add(report.margin_after, new.currency, new.margin)
-            if rating_of(new) != rating_of(old):
-                changed.append(msgspec.structs.replace(new, version=rerated_version(old.version)))
-        if changed and not dry_run:
-            store.write_calls(changed, batch_token("calls", changed))
-        report.changed += len(changed)
-        metrics.TARIFF_RERATED_CALLS.inc(0 if dry_run else len(changed))
-        done += len(rows)
-        if progress:
-            progress(done, total)
-    for d in (report.before, report.after, report.margin_before, report.margin_after):
-        for k in [k for k, v in d.items() if k == "" and v == 0]:
-            del d[k]  # calls that were never rated carry no currency and no cost
-    log.info("calls_rerated", calls=report.calls, changed=report.changed, dry_run=dry_run)
-    return report
-
+    return RatingStage(load_tariff(settings), profile, spend_rule(settings))
