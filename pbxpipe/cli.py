@@ -81,7 +81,7 @@ def run(
         store = open_store(settings)
         if ops:
             ops.readiness = all_of(ami_ready(settings.pbx_id), store_ready())
-        from pbxpipe.recordings import start_background
+        from retention.sync import start_background
 
         recordings = start_background(settings, store)  # the passes of `recordings watch`
         try:

@@ -42,7 +42,7 @@ def _settings(**flags: Any) -> Settings:
 
 def _open(settings: Settings) -> tuple[Any, Any]:
     from pbxpipe.pipeline import open_store
-    from store.objects import open_object_store
+    from store.object_stores import open_object_store
 
     return open_store(settings), open_object_store(settings)
 
@@ -85,7 +85,7 @@ MaxFiles = Annotated[int | None, typer.Option(help="Uploads per pass at most [PB
 
 
 def _recordings_sync(settings: Settings) -> Any:
-    from pbxpipe.recordings import recordings_sync
+    from retention.sync import recordings_sync
 
     if not settings.recordings_spool:
         _fail("no recording spool: set PBXPIPE_RECORDINGS_SPOOL (or --spool) to the PBX's "

@@ -25,7 +25,7 @@ from contracts.records import CallLeg, CallRecord, Output, Quarantined
 from enrich.calls import CallBuilder
 from enrich.rating import RatingStage, rating_stage
 from ingest.capture import read_capture
-from pbxpipe.recordings import recordings_sync
+from retention.sync import recordings_sync
 from store.batching import Batcher
 from store.clickhouse import ClickHouseStore
 from store.schema import TARIFF_ALERTS, batch_token

@@ -1,1 +1,1 @@
-"""Retention policies and jobs: expiry, export, erasure (see issue 5; nothing here yet)."""
+"""Retention: recordings uploads, policies and jobs (expiry, legal hold, export, erasure)."""

@@ -1,5 +1,5 @@
 """The recordings uploader: fetch a call's recordings from the PBX's spool, upload them to the
-object store and link them to the call in the ``recordings`` table. ``pbxpipe.recordings`` (the
+object store and link them to the call in the ``recordings`` table. ``retention.sync`` (the
 recordings pass) decides what to hand over.
 
 A bounded queue feeds ``recordings_concurrency`` worker threads (a full queue blocks the caller:

@@ -2,7 +2,8 @@
 
 ``ObjectStore`` is what the uploader, retention, export and erasure use. ``LocalObjectStore``
 (a directory: the embedded default) and ``store.minio.MinioObjectStore`` (MinIO / S3: production)
-have the same shape, like httpx's MockTransport next to its real transports. Keys are
+have the same shape, like httpx's MockTransport next to its real transports;
+``store.object_stores.open_object_store`` opens the one the settings name. Keys are
 ``/``-separated; metadata keys are lower-case.
 """
 
@@ -19,8 +20,7 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 
-from contracts.config import Settings
-from contracts.errors import ConfigError, ObjectStoreError
+from contracts.errors import ObjectStoreError
 
 
 class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,23 +231,3 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
             h.update(block)
             size += len(block)
     return h.hexdigest(), size
-
-
-def open_object_store(settings: Settings) -> ObjectStore:
-    """``dir:///<dir>`` (``dir:///./rel`` is relative) or ``http(s)://host:port/<bucket>``."""
-    url = settings.object_store
-    if url.startswith("dir://"):
-        rest = url[len("dir://"):]
-        if rest.startswith(("/./", "/../")):
-            rest = rest[1:]
-        if not rest.strip("/"):
-            raise ConfigError(f"object store directory missing: dir:///<dir>, got {url!r}")
-        return LocalObjectStore(rest)
-    if url.startswith(("http://", "https://")):
-        from store.minio import MinioObjectStore
-
-        return MinioObjectStore.from_url(url, access_key=settings.s3_access_key,
-                                         secret_key=settings.s3_secret_key,
-                                         region=settings.s3_region, sse=settings.s3_sse,
-                                         part_size=settings.recordings_part_size)
-    raise ConfigError(f"unsupported object store {url!r}: dir:///<dir> or http(s)://host:port/<bucket>")

@@ -28,8 +28,8 @@ from test_recordings_s3 import s3_url  # noqa: F401 (the module's S3 server fixt
 from contracts import metrics
 from contracts.config import Settings, load_settings
 from contracts.records import CallRecord
-from pbxpipe.recordings import RecordingsSync
 from retention.recordings import plan_sync, spool_state
+from retention.sync import RecordingsSync
 from retention.uploader import RecordingUploader
 from store.clickhouse import ClickHouseStore
 from store.minio import MinioObjectStore

@@ -33,7 +33,7 @@ from store.clickhouse import ClickHouseStore
 from store.objects import ObjectStore
 from store.queries import CALL_FIELDS, TIME_FIELDS, record_from_row
 
-log = structlog.get_logger("pbxpipe.recordings")
+log = structlog.get_logger("retention.sync")
 
 JOB = "recordings_sync"  # the job label of pbxpipe_retention_job_last_success_timestamp_seconds
 PAGE = 1000  # calls read per query
@@ -275,7 +275,7 @@ def recordings_sync(settings: Settings, store: ClickHouseStore,
     if not settings.recordings_spool:
         return None
     if objects is None:
-        from store.objects import open_object_store
+        from store.object_stores import open_object_store
 
         objects = open_object_store(settings)
     return RecordingsSync(store, objects, settings)
