@@ -24,6 +24,7 @@ from contracts.config import Settings, env_name, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
 from contracts.logs import configure_logging
 from contracts.profile import PbxProfile
+from pbxpipe.app import fail, iso_utc, profile_of
 
 log = structlog.get_logger("pbxpipe.kafka")
 
@@ -81,12 +82,6 @@ def _settings(overrides: dict[str, Any], component: str) -> Settings:
     return settings
 
 
-def _profile(settings: Settings) -> PbxProfile:
-    from pbxpipe.cli import _profile as profile_of
-
-    return profile_of(settings)
-
-
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +91,6 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 def _run(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run one stage until it is done or SIGTERM/SIGINT sets its stop event; errors as exit codes."""
-    from pbxpipe.cli import _fail
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -106,9 +100,9 @@ def _run(stage: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     try:
         asyncio.run(main())
     except AmiAuthError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 async def ingest_main(settings: Settings, captures: list[Path] | None = None,
@@ -155,7 +149,7 @@ def _spend_watch(settings: Settings, store: Any) -> Callable[[str, Any], None] |
     from pbxpipe.pipeline import load_rating
     from store.schema import TARIFF_ALERTS, batch_token
 
-    stage = load_rating(settings, _profile(settings), store)
+    stage = load_rating(settings, profile_of(settings), store)
     if stage is None:
         return None
     import pyarrow.acero  # noqa: F401  observe_table's group_by runs on it: loaded now, not in the first flush
@@ -263,7 +257,7 @@ def register(app: typer.Typer) -> None:
     def enrich(overrides: dict[str, Any], idle_exit: IdleExit = None) -> None:
         """Raw-events topic -> call records and legs on the records topic (a consumer group)."""
         settings = _settings(overrides, "enrich")
-        _run(lambda stop: enrich_main(settings, _profile(settings), idle_exit, stop))
+        _run(lambda stop: enrich_main(settings, profile_of(settings), idle_exit, stop))
 
     @app.command()
     @_settings_flags(STORE_FIELDS)
@@ -284,8 +278,6 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option(help="The newest this many (0: all).")] = 100,
     ) -> None:
         """The dead letters: where each came from, which stage refused it and why."""
-        from pbxpipe.cli import _fail
-        from pbxpipe.cmd_retention import _iso
         from kafkaio.dead_letters import dead_letters
 
         settings = load_settings(overrides)
@@ -293,7 +285,7 @@ def register(app: typer.Typer) -> None:
         try:
             found = [d for _, d in asyncio.run(dead_letters(settings))]
         except PbxPipeError as e:
-            _fail(str(e))
+            fail(str(e))
         found.sort(key=lambda d: d.timestamp)
         shown = found[-limit:] if limit > 0 else found
         if json_:
@@ -313,7 +305,7 @@ def register(app: typer.Typer) -> None:
         for col in ("at (UTC)", "stage", "reason", "detail", "from", "kind", "key", "bytes"):
             table.add_column(col)
         for d in shown:
-            table.add_row(_iso(d.timestamp), d.stage, d.reason, d.detail,
+            table.add_row(iso_utc(d.timestamp), d.stage, d.reason, d.detail,
                           f"{d.origin_topic}/{d.origin_partition}@{d.origin_offset}", d.kind, d.key,
                           str(d.value_bytes))
         Console(width=None if sys.stdout.isatty() else 200).print(table)
@@ -331,7 +323,6 @@ def register(app: typer.Typer) -> None:
         Records-topic ones only: the store collapses a row sent twice; enrich skips old frames."""
         import json
 
-        from pbxpipe.cli import _fail
         from kafkaio.dead_letters import replay
 
         settings = load_settings(overrides)
@@ -339,5 +330,5 @@ def register(app: typer.Typer) -> None:
         try:
             result = asyncio.run(replay(settings, stage=stage, reason=reason, dry_run=dry_run))
         except PbxPipeError as e:
-            _fail(str(e))
+            fail(str(e))
         typer.echo(json.dumps(result, indent=1))

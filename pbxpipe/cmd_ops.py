@@ -1,4 +1,4 @@
-"""`pbxpipe every`: run a one-shot pbxpipe job on a schedule, observable by Prometheus (issue 6).
+"""`pbxpipe every`: run a one-shot pbxpipe job on a schedule, observable by Prometheus.
 
 One-shot commands (``retention apply``, ``retention export-due``) exit before Prometheus scrapes
 them, so this long-running process runs each as a child and keeps, on its /metrics,
@@ -19,6 +19,7 @@ import structlog
 import typer
 
 from contracts import metrics
+from pbxpipe.app import command_settings
 
 PBXPIPE = [sys.executable, "-c", "from pbxpipe.cli import main; main()"]
 
@@ -36,10 +37,9 @@ def every(
 
     Example: ``pbxpipe every 86400 --job apply -- retention apply``.
     """
-    from pbxpipe.cli import _settings
     from pbxpipe.ops import start_ops
 
-    settings = _settings(metrics_port=metrics_port, log_format=log_format)
+    settings = command_settings(metrics_port=metrics_port, log_format=log_format)
     if command and command[0] == "--":  # click keeps the separator once options stop
         command = command[1:]
     job = job or "_".join(command[:2]).replace("-", "_")

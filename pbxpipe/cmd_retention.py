@@ -1,4 +1,4 @@
-"""Commands for recordings, retention, legal holds, export and erasure (issue 5)."""
+"""Commands for recordings, retention, legal holds, export and erasure."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError
-from pbxpipe.cli import _fail, _parse_time, _zone  # one flag grammar for every command
+from pbxpipe.app import (  # one flag grammar for every command
+    command_settings,
+    fail,
+    iso_utc,
+    parse_time,
+    parse_zone,
+)
 
 Dsn = Annotated[str | None, typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 Objects = Annotated[str | None, typer.Option("--object-store", help="dir:///<dir> or http(s)://host:port/<bucket> [PBXPIPE_OBJECT_STORE].")]
@@ -35,9 +41,7 @@ class HoldKind(str, Enum):
 
 
 def _settings(**flags: Any) -> Settings:
-    from pbxpipe.cli import _settings as settings
-
-    return settings(log_format="console", **flags)
+    return command_settings(log_format="console", **flags)
 
 
 def _open(settings: Settings) -> tuple[Any, Any]:
@@ -72,11 +76,11 @@ def recordings_url(
         rows = store.query("SELECT key FROM recordings FINAL WHERE call_id = {c:String} ORDER BY key",
                            {"c": call_id})
         if not rows:
-            _fail(f"no recording of call {call_id!r}")
+            fail(f"no recording of call {call_id!r}")
         for r in rows:
             typer.echo(objects.presigned_url(r["key"], settings.recordings_url_ttl_s))
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 Spool = Annotated[str | None, typer.Option("--spool", help="The PBX's recording directory, mounted here [PBXPIPE_RECORDINGS_SPOOL].")]
@@ -88,7 +92,7 @@ def _recordings_sync(settings: Settings) -> Any:
     from retention.sync import recordings_sync
 
     if not settings.recordings_spool:
-        _fail("no recording spool: set PBXPIPE_RECORDINGS_SPOOL (or --spool) to the PBX's "
+        fail("no recording spool: set PBXPIPE_RECORDINGS_SPOOL (or --spool) to the PBX's "
               "recording directory as mounted here")
     store, objects = _open(settings)
     return recordings_sync(settings, store, objects)
@@ -104,12 +108,12 @@ def recordings_sync_once(clickhouse: Dsn = None, object_store: Objects = None, s
     try:
         result = _recordings_sync(settings).run_pass()
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"{result.uploaded} uploaded, {result.pending} pending, {result.missing} missing, "
                f"{result.failed} failed ({result.calls} calls looked at)"
                + (", more ready: run again" if result.more else ""))
     if result.aborted:
-        _fail(result.aborted)
+        fail(result.aborted)
 
 
 @recordings_app.command("watch")
@@ -124,10 +128,9 @@ def recordings_watch(
     import signal
     import threading
 
-    from pbxpipe.cli import _settings as settings_of
     from pbxpipe.ops import start_ops
 
-    settings = settings_of(clickhouse_dsn=clickhouse, object_store=object_store,
+    settings = command_settings(clickhouse_dsn=clickhouse, object_store=object_store,
                            recordings_spool=spool, recordings_sync_lookback_days=lookback_days,
                            recordings_sync_max_files=max_files, recordings_sync_interval_s=interval,
                            metrics_port=metrics_port, log_format=log_format)
@@ -138,7 +141,7 @@ def recordings_watch(
     try:
         sync = _recordings_sync(settings)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     if ops:
         ops.readiness = sync.readiness
     sync.watch(stop)
@@ -161,7 +164,7 @@ def retention_set(
         policy = make_policy(customer, call_days, recording_days)
         set_policy(open_store(settings), policy, time.time())
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"{customer}: calls {policy.call_days} days, recordings {policy.recording_days} days")
 
 
@@ -175,7 +178,7 @@ def retention_apply(clickhouse: Dsn = None, object_store: Objects = None) -> Non
         store, objects = _open(settings)
         out = apply(store, objects, _default(settings), time.time())
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     for table, ttl in out["ttl"].items():
         typer.echo(f"{table}: TTL {ttl}")
     for rule in out["lifecycle"]:
@@ -193,7 +196,7 @@ def retention_status(clickhouse: Dsn = None, object_store: Objects = None) -> No
         store, objects = _open(settings)
         out = status(store, objects, _default(settings), time.time())
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     if settings.kafka_bootstrap:
         out["kafka_topics"] = _kafka_topics(settings)
     _echo_json(out)
@@ -228,7 +231,7 @@ def retention_hold(
         hold, copied = place_hold(store, objects, kind.value, value, reason, getpass.getuser(),
                                   time.time())
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"hold {hold.hold_id}: {kind.value} {value} ({copied} rows kept aside)")
 
 
@@ -245,9 +248,9 @@ def retention_holds(
     try:
         holds = active_holds(open_store(settings))
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     if json_:
-        _echo_json([{**msgspec.structs.asdict(h), "created_at": _iso(h.created_at)} for h in holds])
+        _echo_json([{**msgspec.structs.asdict(h), "created_at": iso_utc(h.created_at)} for h in holds])
         return
     if not holds:
         typer.echo("no legal holds")
@@ -259,14 +262,8 @@ def retention_holds(
     for col in ("hold", "kind", "value", "since (UTC)", "by", "reason"):
         table.add_column(col)
     for h in holds:
-        table.add_row(h.hold_id, h.kind, h.value, _iso(h.created_at), h.created_by, h.reason)
+        table.add_row(h.hold_id, h.kind, h.value, iso_utc(h.created_at), h.created_by, h.reason)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 @retention_app.command("release")
@@ -279,7 +276,7 @@ def retention_release(hold_id: str, clickhouse: Dsn = None, object_store: Object
         store, objects = _open(settings)
         release_hold(store, objects, hold_id, time.time())
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"hold {hold_id} released")
 
 
@@ -300,7 +297,7 @@ def retention_export_due(
         done = export_due(store, dest=dest, fmt=format.value, within_days=within_days,
                           default=_default(settings), now=time.time(), objects=objects)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     for d in done:
         typer.echo(f"{d['customer']} {d['month']}: {d['rows']} rows -> {d['destination']}")
     typer.echo(f"{len(done)} months exported")
@@ -341,8 +338,8 @@ def export(
     from retention.export import count_rows, export_calls
 
     settings = _settings(clickhouse_dsn=clickhouse, object_store=object_store)
-    zone = _zone(tz)
-    start, end = _parse_time(since, zone, "--since"), _parse_time(until, zone, "--until")
+    zone = parse_zone(tz)
+    start, end = parse_time(since, zone, "--since"), parse_time(until, zone, "--until")
     assert start is not None and end is not None
     try:
         store, objects, dest = _export_target(settings, to)
@@ -353,7 +350,7 @@ def export(
                                     fmt=format.value, dest=dest, tz=tz, objects=objects,
                                     progress=lambda n: bar.advance(task, n))
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     f = manifest["files"][0]
     typer.echo(f"exported {manifest['rows']} rows to {to}: {f['name']} sha256 {f['sha256']}")
 
@@ -374,7 +371,7 @@ def erase(
         out = erase_number(store, objects, number, actor=actor or getpass.getuser(),
                            now=time.time(), dry_run=dry_run)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
     verb = "would erase" if dry_run else "erased"
     typer.echo(f"{verb} {out['calls']} calls, {out['legs']} legs, {out['recordings']} recordings, "
                f"{out['quarantined']} quarantined frames")

@@ -1,4 +1,4 @@
-"""Commands for price lists and call cost: ``tariffs check|show|load`` and ``rerate`` (issue 4)."""
+"""Commands for price lists and call cost: ``tariffs check|show|load`` and ``rerate``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import typer
 
 from contracts.config import Settings
 from contracts.errors import PbxPipeError, TariffError
-from pbxpipe.cli import _fail, _parse_time, _profile, _zone  # one flag grammar for every command
+from pbxpipe.app import (  # one flag grammar for every command
+    command_settings,
+    fail,
+    parse_time,
+    parse_zone,
+    profile_of,
+)
 
 Dsn = Annotated[Optional[str], typer.Option("--clickhouse", help="ClickHouse DSN [PBXPIPE_CLICKHOUSE_DSN].")]
 TariffPath = Annotated[Optional[str], typer.Option("--tariff", help="Rates CSV or a directory with rates.csv, customers.csv, holidays.csv; empty: the sample PLN list [PBXPIPE_TARIFF_PATH].")]
@@ -26,9 +32,7 @@ EXAMPLE_SECONDS = (0, 1, 29, 30, 31, 59, 60, 61, 90, 120, 300)
 
 
 def _settings(**flags: Any) -> Settings:
-    from pbxpipe.cli import _settings as settings
-
-    return settings(log_format="console", **flags)
+    return command_settings(log_format="console", **flags)
 
 
 @tariffs_app.command("check")
@@ -44,9 +48,9 @@ def check(
         typer.echo(check_file(file, settings))
     except TariffError as e:
         typer.echo("\n".join(e.issues), err=True)
-        _fail(f"{len(e.issues)} problem(s) in the price list")
+        fail(f"{len(e.issues)} problem(s) in the price list")
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @tariffs_app.command("show")
@@ -66,17 +70,17 @@ def show(
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, tariff_timezone=tariff_tz)
     try:
-        profile = _profile(settings)
+        profile = profile_of(settings)
         tar = load_tariff(settings)
         zone = zone_of(settings)
-        when = _parse_time(at, zone, "--at")
+        when = parse_time(at, zone, "--at")
         epoch = when.timestamp() if when else time.time()
         talk = [int(s) for s in (seconds.split(",") if seconds else EXAMPLE_SECONDS)]
     except ValueError:
-        _fail(f"--seconds: whole numbers, comma-separated, got {seconds!r}")
+        fail(f"--seconds: whole numbers, comma-separated, got {seconds!r}")
         raise AssertionError from None
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
         raise AssertionError from None
     who = customer or (profile.pbx_id if settings.pbx_profile else settings.pbx_id)
     rater = Rater(tar, profile)
@@ -132,7 +136,7 @@ def load(tariff: TariffPath = None, clickhouse: Dsn = None, tariff_tz: Tz = None
         tar = load_tariff(settings)
         n = publish(open_store(settings), tar)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
         raise AssertionError from None
     typer.echo(f"version {tar.version}: {n} rows loaded" if n else f"version {tar.version} already loaded")
 
@@ -165,10 +169,10 @@ def rerate(
 
     settings = _settings(tariff_path=tariff, pbx_profile=pbx_profile, clickhouse_dsn=clickhouse,
                          tariff_timezone=tariff_tz)
-    zone = _zone(tz)
+    zone = parse_zone(tz)
     err = Console(stderr=True)
     try:
-        profile = _profile(settings)
+        profile = profile_of(settings)
         tar = load_tariff(settings)
         store = open_store(settings)
         if not dry_run:
@@ -181,11 +185,11 @@ def rerate(
             def step(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            report = do_rerate(store, Rater(tar, profile).rate_call, since=_parse_time(since, zone, "--since"),
-                               until=_parse_time(until, zone, "--until"), plan=plan, pbx_id=customer,
+            report = do_rerate(store, Rater(tar, profile).rate_call, since=parse_time(since, zone, "--since"),
+                               until=parse_time(until, zone, "--until"), plan=plan, pbx_id=customer,
                                tz=tz, progress=step, dry_run=dry_run)
     except PbxPipeError as e:
-        _fail(str(e))
+        fail(str(e))
         raise AssertionError from None
     data = report.as_dict() | {"tariff_version": tar.version, "dry_run": dry_run}
     if as_json:

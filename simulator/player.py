@@ -39,7 +39,7 @@ import structlog
 from contracts.errors import ConfigError
 from simulator.ami import render_frame
 from simulator.schedule import Emitted
-from simulator.server import Simulator, SimulatorConfig, _Client, call_stream
+from simulator.server import Client, Simulator, SimulatorConfig, call_stream
 
 log = structlog.get_logger("simulator.player")
 
@@ -145,7 +145,7 @@ class _Selection:
     """The frames one set of event filters lets through, decided once per frame: the sorted
     indices of those kept, computed up to ``upto`` (ranges never asked for are skipped)."""
 
-    filters: _Client  # a detached copy of a client's filter state
+    filters: Client  # a detached copy of a client's filter state
     kept: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
     upto: int = 0
 
@@ -165,7 +165,7 @@ class _Selection:
         return kept[bisect.bisect_left(kept, start):bisect.bisect_left(kept, end)]
 
 
-def _signature(c: _Client) -> tuple[Any, ...]:
+def _signature(c: Client) -> tuple[Any, ...]:
     return (c.classes, tuple(rx.pattern for rx in c.includes), tuple(rx.pattern for rx in c.excludes))
 
 
@@ -201,7 +201,7 @@ class Player(Simulator):
             json.dump(data, f)
         os.replace(tmp, self.status_path)
 
-    def _selection(self, c: _Client) -> _Selection:
+    def _selection(self, c: Client) -> _Selection:
         sig = _signature(c)
         sel = self._selections.get(sig)
         if sel is None:
@@ -210,7 +210,7 @@ class Player(Simulator):
             sel = self._selections[sig] = _Selection(detached)
         return sel
 
-    def _receivers(self) -> list[_Client]:
+    def _receivers(self) -> list[Client]:
         return [c for c in self._clients if c.authenticated and c.events and not c.closed]
 
     # ---------------------------------------------------------------- the clock

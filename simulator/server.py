@@ -231,7 +231,9 @@ _CLASS_RE = re.compile(r"[a-z]+")
 
 
 @dataclass(eq=False)
-class _Client:
+class Client:
+    """One AMI connection: its queue of frames to write, login, and the events it asked for."""
+
     writer: asyncio.StreamWriter
     queue: asyncio.Queue[bytes | None]
     peer: str
@@ -264,8 +266,8 @@ class Simulator:
         self.events_sent = 0
         self.clients_dropped = 0  # too slow: their queue filled up
         self._server: asyncio.base_events.Server | None = None
-        self._clients: set[_Client] = set()  # sessions that may receive events
-        self._conns: set[_Client] = set()  # every open connection
+        self._clients: set[Client] = set()  # sessions that may receive events
+        self._conns: set[Client] = set()  # every open connection
         self._tasks: set[asyncio.Task[None]] = set()
         self._go = asyncio.Event()
         self._channels = _Channels()
@@ -370,7 +372,7 @@ class Simulator:
             if c.wants(privilege, text):
                 self._send(c, frame)
 
-    def _send(self, c: _Client, frame: bytes) -> None:
+    def _send(self, c: Client, frame: bytes) -> None:
         if c.closed:
             return
         try:
@@ -380,7 +382,7 @@ class Simulator:
             self.clients_dropped += 1
             self._drop(c)
 
-    def _drop(self, c: _Client) -> None:
+    def _drop(self, c: Client) -> None:
         if c.closed:
             return
         c.closed = True
@@ -391,7 +393,7 @@ class Simulator:
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
-        c = _Client(writer, asyncio.Queue(maxsize=max(1, self.config.client_queue)), peer)
+        c = Client(writer, asyncio.Queue(maxsize=max(1, self.config.client_queue)), peer)
         self._clients.add(c)
         self._conns.add(c)
         writer_task = self._spawn(self._write_loop(c))
@@ -415,7 +417,7 @@ class Simulator:
             self._drop(c)
             self._conns.discard(c)
 
-    async def _write_loop(self, c: _Client) -> None:
+    async def _write_loop(self, c: Client) -> None:
         try:
             while True:
                 frame = await c.queue.get()
@@ -438,7 +440,7 @@ class Simulator:
             self._clients.discard(c)
             c.writer.close()
 
-    def _handle(self, c: _Client, action: dict[str, str]) -> None:
+    def _handle(self, c: Client, action: dict[str, str]) -> None:
         name = action.get("action", "").lower()
         aid = action.get("actionid")
         if not c.authenticated and name not in ("login", "logoff", "challenge"):
@@ -489,7 +491,7 @@ class Simulator:
         else:
             self._send(c, _response([("Response", "Error"), ("Message", "Invalid/unknown command")], aid))
 
-    def _filter(self, c: _Client, action: dict[str, str], aid: str | None) -> None:
+    def _filter(self, c: Client, action: dict[str, str], aid: str | None) -> None:
         """Asterisk's event filters: a regex searched in the event text; ``!`` excludes; when any
         include filter exists only events matching one of them pass."""
         operation = action.get("operation", "Add").lower()
@@ -506,7 +508,7 @@ class Simulator:
         (c.excludes if exclude else c.includes).append(rx)
         self._send(c, _response([("Response", "Success"), ("Message", "Filter Added Successfully")], aid))
 
-    def _close_after_flush(self, c: _Client) -> None:
+    def _close_after_flush(self, c: Client) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             c.queue.put_nowait(None)
         self._clients.discard(c)
