@@ -26,6 +26,6 @@ test: $(STAMP) tools
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info data
 
+# Figures, not tests: framing, each stage in process, then through Kafka and end to end (bench/).
 bench: $(STAMP)
-	$(BIN)/python -m ingest.bench
-	$(BIN)/python -m pbxpipe.bench --calls 5000 --kafka --rate 500 --seconds 60
+	$(BIN)/python -m bench --calls 5000 --kafka --rate 500 --seconds 60

@@ -286,8 +286,9 @@ class ClickHouseStore:
     def _insert(self, table: Table, send: Callable[[dict[str, Any]], None], rows: int,
                 token: str) -> int:
         # optimize_on_insert=0: ReplacingMergeTree would collapse duplicates inside each inserted
-        # block, a sort-and-merge pass that costs about a third of the insert (store.bench); the
-        # duplicates a replay brings collapse at merges and under FINAL all the same.
+        # block, a sort-and-merge pass that costs about a third of the insert (bench.kafka_stages
+        # prints both ceilings); the duplicates a replay brings collapse at merges and under FINAL
+        # all the same.
         settings = {"insert_deduplicate": 1, "insert_deduplication_token": token,
                     "optimize_on_insert": 0}
 

@@ -1,4 +1,4 @@
-"""Insert throughput of the ClickHouse sink: ``python -m store.bench [--rows N] [--repeat K] [DSN]``.
+"""Insert throughput of the ClickHouse sink: ``python -m bench.store_insert [--rows N] [--repeat K] [DSN]``.
 
 Times ``ClickHouseStore.write_calls`` (column-oriented Native insert, the one the store uses)
 against a pyarrow insert of the same records, from CallRecords to acknowledged insert, and prints
@@ -8,16 +8,14 @@ rows/s (median of the repeats). DSN defaults to a fresh chDB directory.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import msgspec
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from contracts.logs import configure_logging
+from bench.harness import chdb_store, quiet_logs, stopwatch
 from contracts.records import CallRecord
 from store.clickhouse import ClickHouseStore
 from store.schema import CALLS
@@ -85,9 +83,9 @@ def measure(store: ClickHouseStore, records: list[CallRecord], repeat: int) -> d
     for k in range(repeat):  # interleaved, so machine noise hits both paths alike
         for name, fn in paths:
             client.command("TRUNCATE TABLE calls")
-            t = time.perf_counter()
-            fn(f"{name}-{k}-{time.time()}")
-            times[name].append(time.perf_counter() - t)
+            with stopwatch() as t:
+                fn(f"{name}-{k}-{time.time()}")
+            times[name].append(t.seconds)
     return {name: len(records) / statistics.median(ts) for name, ts in times.items()}
 
 
@@ -97,10 +95,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=10_000)
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
-    configure_logging("console", logging.WARNING)
-    dsn = args.dsn or f"chdb://{tempfile.mkdtemp(prefix='pbxpipe-bench-')}"
-    with ClickHouseStore.connect(dsn) as store:
-        store.migrate()
+    quiet_logs()
+    with chdb_store(args.dsn) as store:
         for name, rate in measure(store, sample_calls(args.rows), args.repeat).items():
             print(f"{name:>24}: {rate:>10,.0f} rows/s  ({args.rows} rows, median of {args.repeat})")
 

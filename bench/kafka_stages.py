@@ -1,10 +1,10 @@
-"""Stages through Kafka, measured: ``python -m pbxpipe.bench --kafka`` (see pbxpipe/bench.py).
+"""The stages through Kafka, measured (``python -m bench --kafka``).
 
 Each stage runs as its own process (``pbxpipe ingest --capture``, ``pbxpipe enrich``,
 ``pbxpipe store``) over the same capture, one after the other, so each one's rate, CPU and
 peak RSS are its own. Ceilings on the same machine: plain framing of the same bytes, and a plain
 Arrow insert of the same rows into the same ClickHouse. Then the live path
-(:mod:`pbxpipe.bench_e2e`): the load player placing ``--rate`` calls/s over AMI -> ingest ->
+(:mod:`bench.end_to_end`): the load player placing ``--rate`` calls/s over AMI -> ingest ->
 Kafka -> enrich -> Kafka -> store, each stage its own process, and the latency from each call's
 last Hangup to its row being inserted (queryable).
 """
@@ -13,34 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pbxpipe.bench_e2e import PBXPIPE, run_end_to_end, start_broker
+from bench.end_to_end import run_end_to_end
+from bench.harness import PBXPIPE, Watched, broker, frame, quiet_logs, ratio, spawn, stopwatch
 
 
 def _run_stage(env: dict[str, str], log: Path, *args: str) -> tuple[dict[str, Any], float, float]:
     """Run one stage to completion: its summary log line, CPU seconds, peak RSS (bytes)."""
-    import psutil
-
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*PBXPIPE, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-        watched = psutil.Process(proc.pid)
-        peak = 0
-        cpu = None
-        # ru_maxrss would carry this (big) parent's pages over the exec: sample the child instead
-        while proc.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, watched.memory_info().rss)
-                cpu = watched.cpu_times()
-            time.sleep(0.05)
-    cpu_s = cpu.user + cpu.system if cpu is not None else 0.0
+    proc = spawn([*PBXPIPE, *args], env, log)
+    watched = Watched(args[0], proc.pid)
+    while proc.poll() is None:
+        watched.sample()
+        time.sleep(0.05)
     if proc.returncode != 0:
         raise SystemExit(f"stage {args[0]} failed: see {log}")
     summary: dict[str, Any] = {}
@@ -49,19 +39,13 @@ def _run_stage(env: dict[str, str], log: Path, *args: str) -> tuple[dict[str, An
             entry = json.loads(line)
             if entry.get("event") in ("capture_ingested", "enrich_stopped", "store_stopped"):
                 summary = entry
-    return summary, cpu_s, float(peak)
+    return summary, watched.cpu_s, float(watched.peak_rss)
 
 
 def _framing_ceiling(data: bytes) -> float:
     """Frames/s of plain framing (split at blank lines, as ingest does), nothing else."""
-    from ingest.framing import AmiFramer
-
-    framer = AmiFramer()
-    t = time.perf_counter()
-    n = 0
-    for i in range(0, len(data), 65536):
-        n += len(framer.feed_raw(data[i : i + 65536])[0])
-    return n / (time.perf_counter() - t)
+    n, seconds = frame(data, raw=True)
+    return n / seconds
 
 
 def _raw_topic_check(bootstrap: str, capture: bytes) -> str:
@@ -177,48 +161,41 @@ def _arrow_ceiling(dsn: str, optimize_on_insert: int) -> tuple[float, int]:
         client.command(f"CREATE TABLE {name}_ceiling AS {name}")
     calls = tables["calls"].num_rows
     batches = max(1, -(-sum(t.num_rows for t in tables.values()) // STORE_BATCH_ROWS))
-    t = time.perf_counter()
-    for b in range(batches):
-        for name, data in tables.items():
-            step = -(-data.num_rows // batches)
-            client.insert_arrow(f"{name}_ceiling", data.slice(b * step, step),
-                                settings={"insert_deduplication_token": f"ceiling-{name}-{b}",
-                                          "optimize_on_insert": optimize_on_insert})
-    dt = time.perf_counter() - t
+    with stopwatch() as t:
+        for b in range(batches):
+            for name, data in tables.items():
+                step = -(-data.num_rows // batches)
+                client.insert_arrow(f"{name}_ceiling", data.slice(b * step, step),
+                                    settings={"insert_deduplication_token": f"ceiling-{name}-{b}",
+                                              "optimize_on_insert": optimize_on_insert})
     for name in tables:
         client.command(f"DROP TABLE {name}_ceiling")
     client.close()
-    return calls / dt, calls
+    return calls / t.seconds, calls
 
 
-def run_kafka_bench(capture: bytes, events: int, args: argparse.Namespace) -> None:
-    import structlog
-
+def run_kafka_bench(capture: bytes, args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pbxpipe-bench-"))
-    broker = None
-    bootstrap = os.environ.get("PBXPIPE_KAFKA_BOOTSTRAP", "")
-    fetch_wait = os.environ.get("PBXPIPE_KAFKA_FETCH_MAX_WAIT_MS", "")
-    if not bootstrap:
-        broker, bootstrap = start_broker(tmp)
-        # Tansu holds a waiting fetch to its end even when data arrives (see pbxpipe.bench_e2e)
-        fetch_wait = fetch_wait or "50"
-    dsn = f"chdb:///{tmp / 'ch'}"
-    env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": bootstrap, "PBXPIPE_LOG_FORMAT": "json",
-           "PBXPIPE_KAFKA_IDEMPOTENCE": os.environ.get("PBXPIPE_KAFKA_IDEMPOTENCE", "false"),
-           "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp / "spool"), "PBXPIPE_CLICKHOUSE_DSN": dsn,
-           "PBXPIPE_BATCH_ROWS": "50000", "PBXPIPE_KAFKA_PARTITIONS": "4"}
-    if fetch_wait:
-        env["PBXPIPE_KAFKA_FETCH_MAX_WAIT_MS"] = fetch_wait
-    cap = tmp / "capture.log"
-    cap.write_bytes(capture)
-    try:
-        print(f"\nthrough Kafka ({bootstrap}; each stage its own process, one after the other)")
+    with broker(tmp) as kafka:
+        fetch_wait = os.environ.get("PBXPIPE_KAFKA_FETCH_MAX_WAIT_MS", "")
+        if kafka.ours:  # Tansu holds a waiting fetch to its end even when data arrives
+            fetch_wait = fetch_wait or "50"
+        dsn = f"chdb:///{tmp / 'ch'}"
+        env = {**os.environ, "PBXPIPE_KAFKA_BOOTSTRAP": kafka.bootstrap, "PBXPIPE_LOG_FORMAT": "json",
+               "PBXPIPE_KAFKA_IDEMPOTENCE": os.environ.get("PBXPIPE_KAFKA_IDEMPOTENCE", "false"),
+               "PBXPIPE_KAFKA_SPOOL_DIR": str(tmp / "spool"), "PBXPIPE_CLICKHOUSE_DSN": dsn,
+               "PBXPIPE_BATCH_ROWS": "50000", "PBXPIPE_KAFKA_PARTITIONS": "4"}
+        if fetch_wait:
+            env["PBXPIPE_KAFKA_FETCH_MAX_WAIT_MS"] = fetch_wait
+        cap = tmp / "capture.log"
+        cap.write_bytes(capture)
+        print(f"\nthrough Kafka ({kafka.bootstrap}; each stage its own process, one after the other)")
         framing = _framing_ceiling(capture)
         ing, ing_cpu, ing_rss = _run_stage(env, tmp / "ingest.log", "ingest", "--capture", str(cap))
         ing_rate = ing["frames"] / ing["busy_s"]
         print(f"ingest  : {ing_rate:>10,.0f} events/s  cpu {ing_cpu:6.1f} s  peak RSS "
               f"{ing_rss / 2**20:5.0f} MiB   ceiling (plain framing) {framing:,.0f}/s -> "
-              f"{ing_rate / framing:.0%}; {_raw_topic_check(bootstrap, capture)}")
+              f"{ratio(ing_rate, framing)}; {_raw_topic_check(kafka.bootstrap, capture)}")
         enr, enr_cpu, enr_rss = _run_stage(env, tmp / "enrich.log", "enrich", "--idle-exit", "1")
         enr_rate = enr["events"] / enr["busy_s"]
         print(f"enrich  : {enr_rate:>10,.0f} events/s  cpu {enr_cpu:6.1f} s  peak RSS "
@@ -237,13 +214,8 @@ def run_kafka_bench(capture: bytes, events: int, args: argparse.Namespace) -> No
               f"{sto_cpu:6.1f} s  peak RSS {sto_rss / 2**20:5.0f} MiB\n"
               f"          ceiling (plain Arrow insert of the same calls and legs, "
               f"{STORE_BATCH_ROWS:,} rows a batch, as the store: optimize_on_insert=0) "
-              f"{arrow:,.0f} call rows/s -> {sto_rate / arrow:.0%}; with ClickHouse's default "
+              f"{arrow:,.0f} call rows/s -> {ratio(sto_rate, arrow)}; with ClickHouse's default "
               f"optimize_on_insert=1 {arrow_default:,.0f}/s")
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+        quiet_logs()
         run_end_to_end(env, tmp, rate=args.rate, seconds=args.seconds, grace=args.grace,
-                       seed=args.seed, broker_pid=broker.pid if broker is not None else None)
-    finally:
-        if broker is not None:
-            broker.kill()
-            broker.wait()
-        print(f"(logs in {tmp})")
+                       seed=args.seed, broker_pid=kafka.pid)
