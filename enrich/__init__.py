@@ -1,1 +1,2 @@
-"""Call correlation: envelopes -> call records and legs. Pure: no I/O, no clock."""
+"""The transform: AMI events -> call records and legs, rated. The core (calls, events, partition,
+tariffs, spend, rating) is pure: no network, no clock; stage.py is the enrich process on Kafka."""

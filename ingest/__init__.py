@@ -1,1 +1,2 @@
-"""AMI listener: Asterisk Manager Interface bytes -> typed envelopes (the pipeline source)."""
+"""The source: Asterisk Manager Interface bytes -> frames, and the ingest process that sends them
+to the raw topic (stage.py). framing.py and routing.py are pure."""

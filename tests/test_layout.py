@@ -9,6 +9,7 @@ only later. The checks read the source with ``ast``; nothing is imported.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,18 @@ def test_a_pure_core_reaches_no_io_library(project: Graph, module: str) -> None:
 def test_each_package_imports_only_what_its_layer_allows(project: Graph) -> None:
     """Every package has a line in LAYERS, and imports nothing of the project beyond it."""
     assert layer_violations(project, LAYERS) == []
+
+
+def test_the_architecture_doc_draws_the_same_layers() -> None:
+    """docs/architecture.md's table of what each package may import is LAYERS, row for row."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- layers:begin -->")[1].split("<!-- layers:end -->")[0]
+    drawn = {}
+    for row in re.findall(r"^\| `(\w+)` \| ([^|]*) \|", table, re.M):
+        package, cell = row
+        drawn[package] = ({ANY} if cell.strip() == "any package" else
+                          set(re.findall(r"`([\w.]+)`", cell)))
+    assert drawn == LAYERS
 
 
 # -- the checks catch what they are for ---------------------------------------------------------
