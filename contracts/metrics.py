@@ -202,7 +202,7 @@ RETENTION_ERASED = Counter(
     registry=REGISTRY,
 )
 
-# ops: what operators alert on that the stages above do not already count (issue 6)
+# ops: what operators alert on that the stages above do not already count
 INGEST_FILTERED = Counter(
     "pbxpipe_ingest_filtered_events_total",
     "Events received that the pipeline does not use, ignored (AMI filters not installed?).",
