@@ -6,6 +6,7 @@ import asyncio
 import logging
 import shutil
 import sys
+import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,8 +22,10 @@ from contracts.logs import configure_logging
 from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallRecord
 from pbxpipe.pipeline import LivePipeline, open_store
+from retention.jobs import default_policy, operator_scope
 from store import queries
 from store.clickhouse import ClickHouseStore
+from store.tenancy import Scope, ScopedReader
 
 DEMO_DSN = "chdb:///./data/demo"
 DEMO_TZ = "Europe/Warsaw"
@@ -88,25 +91,26 @@ def _money(rows: list[dict]) -> list[dict]:
     return [{k: queries.money_str(v) if isinstance(v, Decimal) else v for k, v in r.items()} for r in rows]
 
 
-def report(store: ClickHouseStore, console: Console, tz: str = DEMO_TZ) -> None:
+def report(store: ClickHouseStore, scope: Scope, console: Console, tz: str = DEMO_TZ) -> None:
     """A short report read back from ClickHouse."""
-    console.print(_table("Calls by type", queries.calls_by_type(store)))
+    reader = ScopedReader(store)
+    console.print(_table("Calls by type", queries.calls_by_type(reader, scope)))
     console.print(_table(f"Answered vs missed (incoming, by day, {tz})",
-                         queries.answered_vs_missed(store, tz=tz)))
-    missed = queries.missed_not_called_back(store, tz=tz)
+                         queries.answered_vs_missed(reader, scope, tz=tz)))
+    missed = queries.missed_not_called_back(reader, scope, tz=tz)
     console.print(_table(f"Missed calls not yet called back: {len(missed)} numbers",
                          missed[:10], ["number", "missed_calls", "last_missed_local"]))
-    hours = queries.busiest_hour(store, tz=tz)
+    hours = queries.busiest_hour(reader, scope, tz=tz)
     if hours:
         top = hours[0]
         console.print(f"[bold]Busiest hour ({tz}):[/bold] {top['hour']:02d}:00-{top['hour']:02d}:59 "
                       f"with {top['calls']} calls")
-    console.print(_table("Top destinations (outgoing)", queries.top_destinations(store, limit=5)))
+    console.print(_table("Top destinations (outgoing)", queries.top_destinations(reader, scope, limit=5)))
     spend = ["calls", "answered_calls", "billed_s", "cost", "cost_buy", "margin", "currency"]
     console.print(_table("Spend by destination (sell price; buy = carrier)",  # tariffs
-                         _money(queries.spend_by_destination(store, limit=10)),
+                         _money(queries.spend_by_destination(reader, scope, limit=10)),
                          ["destination", "category", *spend]))
-    console.print(_table("Spend by extension", _money(queries.spend_by_extension(store, limit=10)),
+    console.print(_table("Spend by extension", _money(queries.spend_by_extension(reader, scope, limit=10)),
                          ["extension", *spend]))
 
 
@@ -121,7 +125,9 @@ def run_demo(settings: Settings, *, calls_total: int = 300, seed: int = 7) -> No
                   f"(a business day at 1800x); AMI -> enrich -> ClickHouse ({settings.clickhouse_dsn})")
     stored = asyncio.run(_play(settings, calls_total, seed, console))
     console.print(f"{stored} call records stored.\n")
-    report(ClickHouseStore.connect(settings.clickhouse_dsn), console)
+    store = ClickHouseStore.connect(settings.clickhouse_dsn)
+    default = default_policy(settings.retention_call_days, settings.retention_recording_days)
+    report(store, operator_scope(store, default, time.time()), console)
     dsn = settings.clickhouse_dsn
     console.print("\n[bold]Try next:[/bold]")
     for cmd in (f".venv/bin/pbxpipe calls --clickhouse {dsn} --type missed --tz {DEMO_TZ}",

@@ -18,6 +18,7 @@ from store.schema import (
     QUARANTINE,
     TABLES,
     TARIFF_ALERTS,
+    PANEL_TABLES,
     TARIFFS,
     Migration,
     Table,
@@ -28,7 +29,8 @@ from store.schema import (
     split_statements,
 )
 
-TIME_FIELDS = {"start", "answer", "end", "received_at", "valid_from", "valid_to", "hour", "at"}
+TIME_FIELDS = {"start", "answer", "end", "received_at", "valid_from", "valid_to", "hour", "at",
+               "created_at", "expires_at", "revoked_at", "updated_at"}
 
 
 def test_split_statements_drops_comments_and_splits_on_line_end_semicolons() -> None:
@@ -113,7 +115,7 @@ def test_interrupted_migration_can_be_applied_again(store: ClickHouseStore) -> N
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("table", (*TABLES, TARIFFS, TARIFF_ALERTS), ids=lambda t: t.name)
+@pytest.mark.parametrize("table", (*TABLES, TARIFFS, TARIFF_ALERTS, *PANEL_TABLES), ids=lambda t: t.name)
 def test_table_columns_match_the_struct(store: ClickHouseStore, table: Table) -> None:
     """Each table has exactly its Struct's fields (plus the documented extra columns), in order,
     with types that follow the field types: times DateTime64(3, 'UTC'), X | None Nullable,
