@@ -10,6 +10,7 @@ COPY store store
 COPY retention retention
 COPY simulator simulator
 COPY pbxpipe pbxpipe
+COPY api api
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm

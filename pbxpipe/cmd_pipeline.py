@@ -9,13 +9,14 @@ import io
 import json
 import sys
 import time
+from collections.abc import Coroutine
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from contracts.config import load_settings, redacted
+from contracts.config import Settings, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
 from contracts.logs import configure_logging
 from pbxpipe.app import (
@@ -44,6 +45,7 @@ def run(
     log_format: LogFormat = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on this port (0: off) [PBXPIPE_METRICS_PORT].")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without events and open calls.")] = None,
+    api: Annotated[bool, typer.Option("--api", help="Serve the panel API from this process too (needed with embedded chDB: one process per directory) [PBXPIPE_API_HOST, PBXPIPE_API_PORT].")] = False,
 ) -> None:
     """Every stage in one process against a live AMI, into ClickHouse."""
     from pbxpipe.pipeline import LivePipeline, open_store
@@ -70,10 +72,10 @@ def run(
             if settings.kafka_bootstrap:  # the three stages through Kafka (pbxpipe/cmd_kafka.py)
                 from pbxpipe.cmd_kafka import run_via_kafka
 
-                asyncio.run(run_via_kafka(settings, profile, store, idle_exit))
+                main = run_via_kafka(settings, profile, store, idle_exit)
             else:
-                pipeline = LivePipeline(settings, profile, store)
-                asyncio.run(pipeline.run(idle_exit=idle_exit))
+                main = LivePipeline(settings, profile, store).run(idle_exit=idle_exit)
+            asyncio.run(with_api(settings, main) if api else main)
         finally:
             if recordings:
                 recordings.stop()
@@ -83,6 +85,21 @@ def run(
         fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+async def with_api(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """``main`` with the panel API served beside it in this process, until ``main`` ends."""
+    from api.server import build_runtime, serve
+
+    runtime = await asyncio.to_thread(build_runtime, settings)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(settings, runtime, stop), name="api")
+    try:
+        await main
+    finally:
+        stop.set()
+        await server
+        runtime.close()
 
 
 def replay(

@@ -30,6 +30,7 @@ from store.tenancy import Scope, ScopedReader
 DEMO_DSN = "chdb:///./data/demo"
 DEMO_TZ = "Europe/Warsaw"
 DEMO_SECRET = "demo-secret"
+DEMO_USER_EXTENSION = "101"
 
 
 async def _play(settings: Settings, calls_total: int, seed: int, console: Console) -> int:
@@ -129,9 +130,30 @@ def run_demo(settings: Settings, *, calls_total: int = 300, seed: int = 7) -> No
     default = default_policy(settings.retention_call_days, settings.retention_recording_days)
     report(store, operator_scope(store, default, time.time()), console)
     dsn = settings.clickhouse_dsn
+    admin, user = _demo_keys(store, settings.pbx_id)
+    store.close()
     console.print("\n[bold]Try next:[/bold]")
     for cmd in (f".venv/bin/pbxpipe calls --clickhouse {dsn} --type missed --tz {DEMO_TZ}",
                 f".venv/bin/pbxpipe calls --clickhouse {dsn} --extension 101 --format json",
                 f".venv/bin/pbxpipe calls --clickhouse {dsn} --since 2026-01-01 --format csv",
                 ".venv/bin/pbxpipe tariffs show 0700123456 --at 2026-11-24T10:00"):
         console.print(f"  {cmd}", soft_wrap=True)
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    console.print("\n[bold]The panel API and page on the demo data[/bold] (keys made for the demo):")
+    console.print(f"  .venv/bin/pbxpipe api --clickhouse {dsn}        then open {url}/", soft_wrap=True)
+    console.print(f"  admin key ({settings.pbx_id}):            {admin}", soft_wrap=True)
+    console.print(f"  user key (extension {DEMO_USER_EXTENSION}):  {user}", soft_wrap=True)
+    console.print(f"  curl -H 'Authorization: Bearer {admin}' '{url}/v1/calls?limit=5'", soft_wrap=True)
+    console.print("  docs/api.md has the endpoints; pbxpipe api-keys create makes more keys.")
+
+
+def _demo_keys(store: ClickHouseStore, pbx_id: str) -> tuple[str, str]:
+    """An admin key and a user key for the demo's PBX, and its time zone."""
+    from api.keys import KeyStore
+
+    keys = KeyStore(store)
+    keys.set_tenant(pbx_id, name="Demo company", timezone=DEMO_TZ)
+    _, admin = keys.create_key(pbx_id=pbx_id, role="admin", name="demo admin")
+    _, user = keys.create_key(pbx_id=pbx_id, role="user", extensions=[DEMO_USER_EXTENSION],
+                              name="demo user")
+    return admin, user

@@ -363,6 +363,26 @@ class ClickHouseStore:
         except Exception as e:
             raise StoreError(f"query at {self.dsn} failed: {describe(e)}") from e
 
+    def raw_stream(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None, fmt: str = "CSV") -> Any:
+        """The result in ClickHouse's own ``fmt`` as a file-like byte stream, read as the server
+        (or chDB, for block-wise formats such as CSV) produces it. Not retried."""
+        try:
+            return self._client.raw_stream(sql, parameters=dict(parameters or {}),
+                                           settings=dict(settings or {}) or None, fmt=fmt)
+        except Exception as e:
+            raise StoreError(f"query at {self.dsn} failed: {describe(e)}") from e
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                    settings: Mapping[str, Any] | None = None) -> pa.Table:
+        """A SELECT's result as one Arrow table (retried like every query)."""
+
+        def run() -> pa.Table:
+            return self._client.query_arrow(sql, parameters=dict(parameters or {}),
+                                            settings=dict(settings or {}))
+
+        return _retrying(self.retry, run, what=f"query at {self.dsn}", table="")
+
     def _command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         def run() -> None:
             self._client.command(sql, parameters=dict(parameters or {}))

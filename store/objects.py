@@ -44,6 +44,7 @@ class ObjectStore(Protocol):
     """Where recordings and exports live."""
 
     location: str  # for logs and manifests: "s3://bucket" or "dir:///path"
+    links: bool  # presigned_url gives a link any browser can follow (S3), not a local file's
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
             metadata: dict[str, str]) -> None:
@@ -56,6 +57,10 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def open(self, key: str) -> BinaryIO:
+        """The object's bytes as a file to read (and, for a directory, to seek)."""
+        ...
+
     def copy(self, src: str, dst: str) -> None: ...
 
     def delete(self, key: str) -> None:
@@ -64,8 +69,9 @@ class ObjectStore(Protocol):
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def presigned_url(self, key: str, ttl_s: int) -> str:
-        """A link that reads the object without credentials until it expires."""
+    def presigned_url(self, key: str, ttl_s: int, *, download_name: str | None = None) -> str:
+        """A link that reads the object without credentials until it expires; with
+        ``download_name`` the answer asks the browser to save it under that name."""
         ...
 
     def set_lifecycle(self, rules: list[LifecycleRule]) -> None:
@@ -92,6 +98,7 @@ class LocalObjectStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.location = f"dir://{self.root}"
+        self.links = False
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -154,6 +161,12 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
 
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
+
     def copy(self, src: str, dst: str) -> None:
         s, d = self._path(src), self._path(dst)
         if not s.exists():
@@ -182,7 +195,7 @@ class LocalObjectStore:
                     if info is not None:
                         yield info
 
-    def presigned_url(self, key: str, ttl_s: int) -> str:
+    def presigned_url(self, key: str, ttl_s: int, *, download_name: str | None = None) -> str:
         path = self._path(key)
         if not path.exists():
             raise ObjectStoreError(f"no object {key!r} in {self.location}")

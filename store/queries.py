@@ -87,7 +87,7 @@ def call_history_query(
 ) -> ScopedQuery:
     """The call-history SELECT; see :func:`call_history`."""
     zone = _zone(tz)
-    conds, params = _range(since, until, zone)
+    conds, params = time_conditions(since, until, zone)
     if call_type is not None:
         if call_type not in CALL_TYPES:
             raise ValueError(f"call_type must be one of {sorted(CALL_TYPES)}, got {call_type!r}")
@@ -114,7 +114,7 @@ def call_history_query(
                      " OR call_id < {after_id:String})")
         params["after_ms"], params["after_id"] = int(after_ms), after_id
     params["limit"] = _limit(limit)
-    return select(scope, "calls", _columns(columns), where=conds, parameters=params,
+    return select(scope, "calls", select_columns(columns), where=conds, parameters=params,
                   order_by=NEWEST_FIRST, limit="{limit:UInt32}")
 
 
@@ -187,11 +187,18 @@ def call_row(row: Mapping[str, Any], zone: ZoneInfo, fields: Sequence[str] = CAL
     return call
 
 
-def _columns(fields: Sequence[str]) -> str:
+def select_columns(fields: Sequence[str]) -> str:
+    """The SELECT list of ``fields``, times as ``<name>_ms`` (epoch ms, exact)."""
     return ", ".join(
         f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
         for c in fields
     )
+
+
+def call_query(scope: Scope, call_id: str, columns: Sequence[str] = CALL_FIELDS) -> ScopedQuery:
+    """One call by id (none when the scope does not see it)."""
+    return select(scope, "calls", select_columns(columns), call_ids=[call_id],
+                  where=["call_id = {call_id:String}"], parameters={"call_id": call_id})
 
 
 # -- reports -----------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ def _columns(fields: Sequence[str]) -> str:
 def calls_by_type_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None, tz: str = "UTC",
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     return select(
         scope, "calls",
         "multiIf(direction = 'inbound', 'incoming', direction = 'outbound', 'outgoing',"
@@ -222,7 +229,7 @@ def calls_by_type(
 def answered_vs_missed_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None, tz: str = "UTC",
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     params["tz"] = tz
     return select(
         scope, "calls",
@@ -244,8 +251,8 @@ def missed_not_called_back_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None, tz: str = "UTC",
 ) -> ScopedQuery:
     zone = _zone(tz)
-    missed_conds, params = _range(since, until, zone)
-    contact_conds, _ = _range(since, None, zone)  # a callback may come after `until`
+    missed_conds, params = time_conditions(since, until, zone)
+    contact_conds, _ = time_conditions(since, None, zone)  # a callback may come after `until`
     missed_key = number_key_sql("caller")
     contact_key = number_key_sql("if(direction = 'outbound', called, caller)")
     missed = select(scope, "calls", f"pbx_id, {missed_key} AS number_key, call_id, caller, start",
@@ -293,7 +300,7 @@ def missed_not_called_back(
 def busiest_hour_query(
     scope: Scope, tz: str = "UTC", *, since: TimeBound | None = None, until: TimeBound | None = None,
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     params["tz"] = tz
     return select(
         scope, "calls",
@@ -317,7 +324,7 @@ def top_destinations_query(
     scope: Scope, limit: int = 10, *, since: TimeBound | None = None,
     until: TimeBound | None = None, tz: str = "UTC",
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     params["limit"] = _limit(limit)
     return select(
         scope, "calls",
@@ -356,7 +363,7 @@ def spend_by_destination_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None,
     tz: str = "UTC", limit: int = 20,
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     params["limit"] = _limit(limit)
     return select(
         scope, "calls",
@@ -382,7 +389,7 @@ def spend_by_extension_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None,
     tz: str = "UTC", limit: int = 20,
 ) -> ScopedQuery:
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     params["limit"] = _limit(limit)
     return select(
         scope, "calls", f"pbx_id, caller AS extension, currency, {_SPEND}",
@@ -401,13 +408,34 @@ def spend_by_extension(
     return reader.query(spend_by_extension_query(scope, since=since, until=until, tz=tz, limit=limit))
 
 
+def spend_by_month_query(
+    scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None,
+    tz: str = "UTC", limit: int = 24,
+) -> ScopedQuery:
+    conds, params = time_conditions(since, until, _zone(tz))
+    params["limit"], params["tz"] = _limit(limit), tz
+    return select(
+        scope, "calls", f"formatDateTime(start, '%Y-%m', {{tz:String}}) AS month, currency, {_SPEND}",
+        where=["direction = 'outbound'", "tariff_version != ''", *conds], parameters=params,
+        group_by="month, currency", order_by="month DESC, currency", limit="{limit:UInt32}",
+    )
+
+
+def spend_by_month(
+    reader: ScopedReader, scope: Scope, *, since: TimeBound | None = None,
+    until: TimeBound | None = None, tz: str = "UTC", limit: int = 24,
+) -> list[dict[str, Any]]:
+    """Outbound spend per month in ``tz`` (``month`` YYYY-MM), newest first."""
+    return reader.query(spend_by_month_query(scope, since=since, until=until, tz=tz, limit=limit))
+
+
 def outbound_calls_query(
     scope: Scope, *, since: TimeBound | None = None, until: TimeBound | None = None,
     tz: str = "UTC", after: tuple[int, str] | None = None, limit: int = 10_000, count: bool = False,
 ) -> ScopedQuery:
     """Outbound calls in a range, oldest first, every CallRecord field (times as ``<name>_ms``);
     ``after`` = (start ms, call_id) of the last row of the previous page. ``count``: just count()."""
-    conds, params = _range(since, until, _zone(tz))
+    conds, params = time_conditions(since, until, _zone(tz))
     conds.insert(0, "direction = 'outbound'")
     if count:
         return select(scope, "calls", "count() AS calls", where=conds, parameters=params)
@@ -415,7 +443,7 @@ def outbound_calls_query(
         conds.append("(start, call_id) > (fromUnixTimestamp64Milli({after_ms:Int64}, 'UTC'), {after_id:String})")
         params["after_ms"], params["after_id"] = after
     params["limit"] = _limit(limit)
-    return select(scope, "calls", _columns(CALL_FIELDS), where=conds, parameters=params,
+    return select(scope, "calls", select_columns(CALL_FIELDS), where=conds, parameters=params,
                   order_by="start, call_id", limit="{limit:UInt32}")
 
 
@@ -455,8 +483,9 @@ def epoch_ms(bound: TimeBound, zone: ZoneInfo) -> int:
     raise TypeError(f"a time bound is epoch seconds, a datetime or a date, got {type(bound).__name__}")
 
 
-def _range(since: TimeBound | None, until: TimeBound | None,
-           zone: ZoneInfo) -> tuple[list[str], dict[str, Any]]:
+def time_conditions(since: TimeBound | None, until: TimeBound | None,
+                    zone: ZoneInfo = ZoneInfo("UTC")) -> tuple[list[str], dict[str, Any]]:
+    """The conditions (and their parameters) bounding a call's start to [since, until)."""
     conds: list[str] = []
     params: dict[str, Any] = {}
     if since is not None:

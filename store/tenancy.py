@@ -330,6 +330,12 @@ class Queryable(Protocol):
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None,
               settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
+    def raw_stream(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None, fmt: str = "CSV") -> Any: ...
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                    settings: Mapping[str, Any] | None = None) -> Any: ...
+
 
 class ScopedReader:
     """Runs scoped reads only: what the API's services (and the tenant-aware commands) hold
@@ -341,9 +347,21 @@ class ScopedReader:
         self._row_policies = row_policies
 
     def query(self, q: ScopedQuery) -> list[dict[str, Any]]:
+        return self._store.query(self._checked(q).sql, q.parameters, self.settings(q))
+
+    def raw_stream(self, q: ScopedQuery, fmt: str) -> Any:
+        """The read's result in ClickHouse's ``fmt``, streamed (exports)."""
+        return self._store.raw_stream(self._checked(q).sql, q.parameters, self.settings(q), fmt)
+
+    def arrow(self, q: ScopedQuery) -> Any:
+        """The read's result as an Arrow table."""
+        return self._store.query_arrow(self._checked(q).sql, q.parameters, self.settings(q))
+
+    @staticmethod
+    def _checked(q: ScopedQuery) -> ScopedQuery:
         if not isinstance(q, ScopedQuery):
             raise ScopeError("only scoped reads run here (store.tenancy.select)")
-        return self._store.query(q.sql, q.parameters, self.settings(q))
+        return q
 
     def settings(self, q: ScopedQuery) -> dict[str, Any]:
         """The query settings a scoped read runs with."""

@@ -125,6 +125,6 @@ def test_the_image_runs_pbxpipe_and_checks_its_health():
     assert 'ENTRYPOINT ["pbxpipe"]' in docker
     assert re.search(r"^USER pbxpipe$", docker, re.MULTILINE)
     assert "EXPOSE 9108" in docker and "/healthz" in docker
-    packages = re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.DOTALL).group(1)
     for package in re.findall(r'"(\w+)"', packages):
         assert f"COPY {package} {package}" in docker, package
