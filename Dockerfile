@@ -13,7 +13,11 @@ COPY pbxpipe pbxpipe
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 --home-dir /var/lib/pbxpipe --create-home pbxpipe
+# Every directory compose.yaml mounts a named volume at exists here, owned by pbxpipe: Docker seeds
+# a fresh named volume with the owner of the image's directory (one it must create is root's).
+RUN useradd --system --uid 10001 --home-dir /var/lib/pbxpipe --create-home pbxpipe \
+ && mkdir -p /var/lib/pbxpipe/spool \
+ && chown pbxpipe:pbxpipe /var/lib/pbxpipe/spool
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER pbxpipe

@@ -1,0 +1,245 @@
+"""The compose deployment comes up the first time: each kind of mistake that would stop it, or
+mislead the operator starting it, is caught here, and each check is shown failing on a broken copy.
+
+No Docker engine runs here, so what Docker and Compose would do is read from the files: the
+Dockerfile's final stage (which directories exist in the image, who owns them), compose.yaml,
+.env.example, the Prometheus and Alertmanager configurations (amtool, from Debian's
+prometheus-alertmanager) and the first-run walk-through in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from contracts.config import Settings, env_name
+from contracts.profile import load_profile
+
+ROOT = Path(__file__).parent.parent
+SETTINGS_ENV = {env_name(f) for f in Settings.__struct_fields__}
+COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+PROM_DIR = ROOT / "deploy" / "prometheus"
+AM_DIR = ROOT / "deploy" / "alertmanager"
+
+
+@pytest.fixture
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_TEXT)
+
+
+def built_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services whose image is built from the Dockerfile (the pipeline's)."""
+    return {n: s for n, s in compose["services"].items() if "build" in s}
+
+
+# --- mounts -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # volume (named or anonymous) | bind
+    source: str  # a volume name, a host path ("./…" is in the repository), or "" (anonymous)
+    target: str  # the path inside the container
+    read_only: bool
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    """A service's volumes, short (`src:dst[:ro]`) or long syntax."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            out.append(Mount(v.get("type", "volume"), v.get("source", ""), v["target"],
+                             bool(v.get("read_only"))))
+            continue
+        parts = v.split(":")
+        if len(parts) == 1:
+            out.append(Mount("volume", "", parts[0], False))
+            continue
+        source, target, mode = parts[0], parts[1], parts[2:]
+        kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        out.append(Mount(kind, source, target, "ro" in ",".join(mode).split(",")))
+    return out
+
+
+def under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def repo_path(service: dict[str, Any], container_path: str) -> Path | None:
+    """Where a path inside the container comes from in the repository (None: not a repo mount)."""
+    for m in mounts(service):
+        if m.kind == "bind" and m.source.startswith(".") and under(container_path, m.target):
+            return ROOT / m.source / posixpath.relpath(container_path, m.target)
+    return None
+
+
+# --- (1) every volume is mounted where the image has a directory its user owns ------------------
+
+@dataclass
+class Image:
+    """The final stage of a Dockerfile, as far as volumes care: directories and their owners."""
+
+    user: str = "root"  # who its processes run as (the last USER)
+    owners: dict[str, str] = field(default_factory=dict)  # directory -> owner
+    uids: dict[str, str] = field(default_factory=lambda: {"root": "0"})  # user name -> uid
+
+    def uid(self, user: str) -> str:
+        name = user.split(":")[0]
+        return self.uids.get(name, name)
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile's final stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.splitlines()
+                                           if not line.lstrip().startswith("#")))
+    stage: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        word, _, args = line.strip().partition(" ")
+        if word.upper() == "FROM":
+            stage = []
+        else:
+            stage.append((word.upper(), args.strip()))
+    return stage
+
+
+def _shell_commands(run: str) -> list[list[str]]:
+    return [shlex.split(c) for c in re.split(r"&&|\|\||;", run) if c.strip()]
+
+
+def _run(image: Image, argv: list[str]) -> None:
+    """What one shell command of a RUN does to the directories (the commands the image uses)."""
+    name, args = argv[0], argv[1:]
+    flags = {a for a in args if a.startswith("-")}
+    if name == "useradd":
+        options = dict(zip(args, args[1:]))
+        user = args[-1]
+        image.uids[user] = options.get("--uid", options.get("-u", user))
+        home = options.get("--home-dir", options.get("-d"))
+        if home and flags & {"--create-home", "-m"}:
+            image.owners[home] = user
+    elif name == "mkdir":
+        modes = {v for a, v in zip(args, args[1:]) if a in ("-m", "--mode")}
+        for path in (a for a in args if not a.startswith("-") and a not in modes):
+            image.owners.setdefault(path, image.user)  # made by whoever runs the RUN
+    elif name == "chown":
+        owner, *paths = [a for a in args if not a.startswith("-")]
+        for path in paths:
+            for known in list(image.owners):
+                if known == path or ("-R" in flags and under(known, path)):
+                    image.owners[known] = owner.split(":")[0]
+            image.owners.setdefault(path, owner.split(":")[0])
+    elif name == "rm":
+        for path in (a for a in args if not a.startswith("-")):
+            for known in [k for k in image.owners if under(k, path)]:
+                del image.owners[known]
+
+
+def read_image(dockerfile: str) -> Image:
+    image = Image()
+    for word, args in instructions(dockerfile):
+        if word == "USER":
+            image.user = args.split(":")[0]
+        elif word == "RUN":
+            for argv in _shell_commands(args):
+                _run(image, argv)
+        elif word == "WORKDIR":
+            # created as root by the classic builder, as USER by BuildKit: only an explicit
+            # mkdir and chown is the same everywhere
+            image.owners.setdefault(args, "root")
+        elif word in ("COPY", "ADD"):
+            parts = shlex.split(args)
+            chown = next((p.split("=", 1)[1] for p in parts if p.startswith("--chown=")), "root")
+            image.owners[parts[-1].rstrip("/") or "/"] = chown.split(":")[0]
+    return image
+
+
+def volume_problems(compose: dict[str, Any], image: Image) -> list[str]:
+    """Every volume of a service built from the Dockerfile is mounted at a directory the image
+    creates, owned by the user the service runs as. Docker seeds a fresh volume with that
+    directory's owner (a directory it has to create itself is root's), so a service running as
+    another user could not write its own volume. Bind mounts are the host's to get right."""
+    problems = []
+    for name, service in built_services(compose).items():
+        runs_as = image.uid(str(service.get("user", image.user)))
+        for m in mounts(service):
+            if m.kind != "volume":
+                continue
+            owner = image.owners.get(m.target)
+            if owner is None:
+                problems.append(f"{name}: volume {m.source or '(anonymous)'} is mounted at "
+                                f"{m.target}, which the image does not create (it would be root's)")
+            elif runs_as != "0" and image.uid(owner) != runs_as and not m.read_only:
+                problems.append(f"{name}: runs as {service.get('user', image.user)} but "
+                                f"{m.target} (volume {m.source}) is owned by {owner}")
+    return problems
+
+
+def test_every_volume_is_a_directory_of_the_image_its_user_owns(compose):
+    """The ingest spool volume is mounted at a directory the Dockerfile creates and gives to the
+    user the pipeline runs as, so a fresh volume is writable: ingest does not restart in a loop."""
+    image = read_image(DOCKERFILE)
+    assert image.user == "pbxpipe" and image.uid("pbxpipe") == "10001"
+    assert image.owners["/var/lib/pbxpipe/spool"] == "pbxpipe"
+    assert "spool-pbx1:/var/lib/pbxpipe/spool" in compose["services"]["ingest-pbx1"]["volumes"]
+    assert volume_problems(compose, image) == []
+
+
+def test_the_volume_check_catches_a_missing_or_foreign_directory(compose):
+    """A volume at a directory the image lacks, one owned by root, or a service run as another
+    user than the owner: each is named."""
+    without = DOCKERFILE.replace(" \\\n && mkdir -p /var/lib/pbxpipe/spool", "").replace(
+        " \\\n && chown pbxpipe:pbxpipe /var/lib/pbxpipe/spool", "")
+    assert without != DOCKERFILE
+    assert volume_problems(compose, read_image(without)) == [
+        "ingest-pbx1: volume spool-pbx1 is mounted at /var/lib/pbxpipe/spool, which the image "
+        "does not create (it would be root's)"]
+
+    made_by_root = DOCKERFILE.replace(" \\\n && chown pbxpipe:pbxpipe /var/lib/pbxpipe/spool", "")
+    assert volume_problems(compose, read_image(made_by_root)) == [
+        "ingest-pbx1: runs as pbxpipe but /var/lib/pbxpipe/spool (volume spool-pbx1) is owned by root"]
+
+    moved = copy.deepcopy(compose)
+    moved["services"]["ingest-pbx1"]["volumes"] = ["spool-pbx1:/data/spool"]
+    assert volume_problems(moved, read_image(DOCKERFILE)) == [
+        "ingest-pbx1: volume spool-pbx1 is mounted at /data/spool, which the image does not "
+        "create (it would be root's)"]
+
+    other_user = copy.deepcopy(compose)
+    other_user["services"]["ingest-pbx1"]["user"] = "10002:10002"
+    assert volume_problems(other_user, read_image(DOCKERFILE)) == [
+        "ingest-pbx1: runs as 10002:10002 but /var/lib/pbxpipe/spool (volume spool-pbx1) is "
+        "owned by pbxpipe"]
+
+
+# --- (2) every PBXPIPE_* variable is a setting ----------------------------------------------------
+
+def unknown_settings(compose_text: str) -> list[str]:
+    """PBXPIPE_* names anywhere in compose.yaml (environment keys, interpolated variables) that
+    are no Settings field: a typo would leave the default silently in place."""
+    return sorted(set(re.findall(r"\bPBXPIPE_[A-Z0-9_]+", compose_text)) - SETTINGS_ENV)
+
+
+def test_every_pbxpipe_variable_in_compose_is_a_setting():
+    """Every environment key and interpolated variable named PBXPIPE_* is a setting."""
+    assert unknown_settings(COMPOSE_TEXT) == []
+
+
+def test_the_settings_check_catches_a_misspelt_variable():
+    """A misspelt environment key or interpolated variable is named."""
+    broken = COMPOSE_TEXT.replace("PBXPIPE_KAFKA_SPOOL_DIR:", "PBXPIPE_KAFKA_SPOOL_DIRECTORY:")
+    broken = broken.replace("${PBXPIPE_AMI_SECRET:?", "${PBXPIPE_AMI_SECRT:?")
+    assert unknown_settings(broken) == ["PBXPIPE_AMI_SECRT", "PBXPIPE_KAFKA_SPOOL_DIRECTORY"]
