@@ -243,3 +243,161 @@ def test_the_settings_check_catches_a_misspelt_variable():
     broken = COMPOSE_TEXT.replace("PBXPIPE_KAFKA_SPOOL_DIR:", "PBXPIPE_KAFKA_SPOOL_DIRECTORY:")
     broken = broken.replace("${PBXPIPE_AMI_SECRET:?", "${PBXPIPE_AMI_SECRT:?")
     assert unknown_settings(broken) == ["PBXPIPE_AMI_SECRT", "PBXPIPE_KAFKA_SPOOL_DIRECTORY"]
+
+
+# --- (5) every alert is loaded by Prometheus and reaches a person -------------------------------
+
+def rule_files_not_loaded(prom: dict[str, Any]) -> list[str]:
+    """Rule files in deploy/prometheus/rules/ that no rule_files pattern of prometheus.yml (paths
+    relative to it) loads: their alerts would never fire."""
+    patterns = prom.get("rule_files", [])
+    return [f"rules/{f.name}" for f in sorted((PROM_DIR / "rules").glob("*"))
+            if not any(fnmatch.fnmatch(f"rules/{f.name}", p) for p in patterns)]
+
+
+def alerting_problems(prom: dict[str, Any], compose: dict[str, Any]) -> list[str]:
+    """Prometheus sends alerts to an Alertmanager that compose runs, and reads its configuration
+    and rules from the repository's deploy/prometheus."""
+    targets = [t for am in prom.get("alerting", {}).get("alertmanagers", [])
+               for sc in am.get("static_configs", []) for t in sc.get("targets", [])]
+    problems = [] if targets else ["prometheus.yml sends alerts to no Alertmanager"]
+    for t in targets:
+        host = t.rsplit(":", 1)[0]
+        if host not in compose["services"]:
+            problems.append(f"prometheus.yml sends alerts to {t}: no such service in compose.yaml")
+    service = compose["services"]["prometheus"]
+    config = next(a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file="))
+    if repo_path(service, config) != PROM_DIR / "prometheus.yml":
+        problems.append(f"prometheus reads {config}, not deploy/prometheus/prometheus.yml")
+    return problems
+
+
+def test_every_rule_file_is_loaded_and_alerts_go_to_alertmanager(compose):
+    """prometheus.yml loads every file of rules/ and has an `alerting:` block pointing at the
+    compose alertmanager service."""
+    prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    assert rule_files_not_loaded(prom) == []
+    assert alerting_problems(prom, compose) == []
+
+
+def test_the_prometheus_checks_catch_unloaded_rules_and_no_alertmanager(compose):
+    """A rule file outside rule_files, no alerting block, a target compose does not run: named."""
+    prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    prom["rule_files"] = ["rules/pbx.yml", "rules/s*.yml"]
+    assert rule_files_not_loaded(prom) == ["rules/pipeline.yml", "rules/recordings.yml",
+                                           "rules/retention.yml", "rules/traffic.yml"]
+    del prom["alerting"]
+    assert alerting_problems(prom, compose) == ["prometheus.yml sends alerts to no Alertmanager"]
+    prom["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": ["alertmgr:9093"]}]}]}
+    assert alerting_problems(prom, compose) == [
+        "prometheus.yml sends alerts to alertmgr:9093: no such service in compose.yaml"]
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    path = shutil.which("amtool")
+    assert path, "amtool missing: `make test` installs it (Debian package prometheus-alertmanager)"
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=60)
+
+
+def entrypoint(template: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """deploy/alertmanager/entrypoint.sh as compose runs it, `true` standing in for alertmanager."""
+    return subprocess.run(["sh", str(AM_DIR / "entrypoint.sh"), str(template), str(out), "true"],
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+WEBHOOK = {"ALERTMANAGER_WEBHOOK_URL": 'https://hooks.example.com/pbx?team=ops&tag="voice"'}
+EMAIL = {"ALERTMANAGER_EMAIL_TO": "noc@example.com", "ALERTMANAGER_EMAIL_FROM": "pbx@example.com",
+         "ALERTMANAGER_SMTP_SMARTHOST": "smtp.example.com:587",
+         "ALERTMANAGER_SMTP_USERNAME": "pbx", "ALERTMANAGER_SMTP_PASSWORD": 'p"ss\\word'}
+
+
+def alerts() -> list[dict[str, str]]:
+    """Every alert of the rule files, with the labels it fires with."""
+    return [{"alertname": r["alert"], **r.get("labels", {})}
+            for f in sorted((PROM_DIR / "rules").glob("*.yml"))
+            for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r]
+
+
+def alerts_reaching_nobody(config: Path, fired: list[dict[str, str]]) -> list[str]:
+    """Alerts whose route (`amtool config routes test`) ends at a receiver with no integration."""
+    receivers = {r["name"]: r for r in yaml.safe_load(config.read_text())["receivers"]}
+    problems = []
+    for labels in fired:
+        out = amtool("config", "routes", "test", f"--config.file={config}",
+                     *(f"{k}={v}" for k, v in labels.items()))
+        assert out.returncode == 0, out.stdout + out.stderr
+        for receiver in out.stdout.strip().split(","):
+            if not any(k.endswith("_configs") and v for k, v in receivers[receiver].items()):
+                problems.append(f"{labels['alertname']} goes to {receiver}, which notifies nobody")
+    return problems
+
+
+def test_the_alertmanager_configuration_is_valid_as_kept_and_as_run(tmp_path):
+    """`amtool check-config` accepts alertmanager.yml as it is in the repository and as the
+    entrypoint writes it: with a webhook, with e-mail, with both (values with quotes and
+    ampersands intact)."""
+    out = amtool("check-config", str(AM_DIR / "alertmanager.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name, env in (("webhook", WEBHOOK), ("email", EMAIL), ("both", {**WEBHOOK, **EMAIL})):
+        written = tmp_path / f"{name}.yml"
+        run = entrypoint(AM_DIR / "alertmanager.yml", written, env)
+        assert run.returncode == 0, run.stderr
+        out = amtool("check-config", str(written))
+        assert out.returncode == 0, out.stdout + out.stderr
+        operators = {r["name"]: r for r in yaml.safe_load(written.read_text())["receivers"]}["operators"]
+        if "ALERTMANAGER_WEBHOOK_URL" in env:
+            assert operators["webhook_configs"][0]["url"] == env["ALERTMANAGER_WEBHOOK_URL"]
+        if "ALERTMANAGER_EMAIL_TO" in env:
+            assert operators["email_configs"][0]["auth_password"] == env["ALERTMANAGER_SMTP_PASSWORD"]
+            assert operators["email_configs"][0]["smarthost"] == "smtp.example.com:587"
+
+
+def test_every_alert_reaches_the_operators(tmp_path):
+    """Every alert of every rule file is routed (`amtool config routes test`) to a receiver that
+    notifies someone, in the configuration Alertmanager runs with."""
+    written = tmp_path / "alertmanager.yml"
+    assert entrypoint(AM_DIR / "alertmanager.yml", written, WEBHOOK).returncode == 0
+    fired = alerts()
+    assert len(fired) >= 20 and {a.get("severity") for a in fired} == {"critical", "warning", "info"}
+    assert alerts_reaching_nobody(written, fired) == []
+
+
+def test_the_route_check_catches_an_alert_sent_to_nobody(tmp_path):
+    """A route that sends critical alerts to a receiver without integrations is named, per alert."""
+    text = (AM_DIR / "alertmanager.yml").read_text()
+    broken = text.replace("""      receiver: operators
+      repeat_interval: 1h""", """      receiver: nobody
+      repeat_interval: 1h""").replace("receivers:\n", "receivers:\n  - name: nobody\n")
+    assert broken != text
+    template = tmp_path / "broken.yml"
+    template.write_text(broken)
+    written = tmp_path / "alertmanager.yml"
+    assert entrypoint(template, written, WEBHOOK).returncode == 0
+    fired = [{"alertname": "PbxDisconnected", "severity": "critical"},
+             {"alertname": "SpoolFilling", "severity": "warning"}]
+    assert alerts_reaching_nobody(written, fired) == ["PbxDisconnected goes to nobody, which notifies nobody"]
+
+
+def test_alertmanager_will_not_start_without_a_receiver(tmp_path):
+    """With neither a webhook nor an e-mail address, or an address but no SMTP server, the
+    entrypoint exits non-zero with one line saying what to set, and starts nothing."""
+    out = tmp_path / "alertmanager.yml"
+    for env, says in (({}, "set ALERTMANAGER_WEBHOOK_URL and/or ALERTMANAGER_EMAIL_TO in .env"),
+                      ({"ALERTMANAGER_EMAIL_TO": "noc@example.com"}, "ALERTMANAGER_SMTP_SMARTHOST")):
+        run = entrypoint(AM_DIR / "alertmanager.yml", out, env)
+        assert run.returncode != 0 and not out.exists()
+        assert run.stderr.startswith("alertmanager: error: ") and run.stderr.count("\n") == 1
+        assert says in run.stderr
+
+
+def test_the_alertmanager_service_runs_the_entrypoint_with_its_environment(compose):
+    """compose starts Alertmanager through the entrypoint, on the repository's configuration,
+    giving it every ALERTMANAGER_* variable the entrypoint reads."""
+    service = compose["services"]["alertmanager"]
+    assert repo_path(service, service["entrypoint"][-1]) == AM_DIR / "entrypoint.sh"
+    assert repo_path(service, service["command"][0]) == AM_DIR / "alertmanager.yml"
+    assert service["command"][2] == "/bin/alertmanager"
+    assert f"--config.file={service['command'][1]}" in service["command"]
+    read = set(re.findall(r"\bALERTMANAGER_[A-Z_]+", (AM_DIR / "entrypoint.sh").read_text()))
+    assert read and read == set(service["environment"])
