@@ -1,4 +1,5 @@
-# The pipeline image: every `pbxpipe` process (ingest, enrich, store, the retention jobs).
+# The pipeline image: every `pbxpipe` process (ingest, enrich, store, recordings, the retention
+# jobs, the panel's API).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -25,7 +26,7 @@ WORKDIR /var/lib/pbxpipe
 ENV PBXPIPE_LOG_FORMAT=json \
     PBXPIPE_METRICS_PORT=9108 \
     PYTHONUNBUFFERED=1
-EXPOSE 9108
+EXPOSE 9108 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2)"
 ENTRYPOINT ["pbxpipe"]

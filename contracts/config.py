@@ -99,6 +99,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tariff_alert_cost_per_hour: str = "50"  # spend per scope and clock hour above this alerts (decimal; 0: off)
     tariff_alert_calls_per_hour: int = 20  # watched calls per scope and clock hour above this alert (0: off)
 
+    # api: the panel's HTTP service (pbxpipe api)
+    api_host: str = "127.0.0.1"  # address the panel and its JSON API listen on (0.0.0.0 in a container)
+    api_port: int = 8080  # its port: the panel at /, liveness /healthz, readiness /readyz
+
 SECRET_FIELDS = SECRET_FIELDS | {"kafka_sasl_password"}  # kafka
 KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none", "")  # "": none
 

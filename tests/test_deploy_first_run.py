@@ -401,3 +401,59 @@ def test_the_alertmanager_service_runs_the_entrypoint_with_its_environment(compo
     assert f"--config.file={service['command'][1]}" in service["command"]
     read = set(re.findall(r"\bALERTMANAGER_[A-Z_]+", (AM_DIR / "entrypoint.sh").read_text()))
     assert read and read == set(service["environment"])
+
+
+# --- the API, the buckets, the users ----------------------------------------------------------
+
+def test_the_api_is_a_service_on_the_same_network_with_its_health_check(compose):
+    """`pbxpipe api` runs as the api service, on the default network with ClickHouse and MinIO,
+    listening on 0.0.0.0:8080 in its container, published on localhost:8080, checked on /healthz,
+    with its own ClickHouse user; Prometheus scrapes it."""
+    api = compose["services"]["api"]
+    env = api["environment"]
+    assert api["command"] == ["api"] and "networks" not in api
+    assert env["PBXPIPE_API_HOST"] == "0.0.0.0" and env["PBXPIPE_API_PORT"] == "8080"
+    assert unknown_settings(COMPOSE_TEXT) == []  # PBXPIPE_API_HOST and _PORT are settings
+    assert api["ports"] == ["127.0.0.1:8080:8080"]
+    assert "http://127.0.0.1:8080/healthz" in " ".join(api["healthcheck"]["test"])
+    assert env["PBXPIPE_CLICKHOUSE_DSN"].startswith("http://pbxpipe_api:${CLICKHOUSE_API_PASSWORD:?")
+    assert api["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert "EXPOSE 9108 8080" in DOCKERFILE
+
+
+def test_each_service_reads_clickhouse_as_its_own_user(compose):
+    """The pipeline writes as pbxpipe, the API reads as pbxpipe_api, Grafana as grafana; the
+    init scripts ClickHouse runs create the API's and Grafana's users with their rights, the API's
+    holding the role the migrations' row policies confine to one tenant."""
+    users = {}
+    for name, s in compose["services"].items():
+        dsn = (s.get("environment") or {}).get("PBXPIPE_CLICKHOUSE_DSN")
+        if dsn:
+            users[name] = re.match(r"http://([^:]+):", dsn).group(1)
+    assert users.pop("api") == "pbxpipe_api" and set(users.values()) == {"pbxpipe"}
+    assert compose["services"]["grafana"]["environment"]["GRAFANA_CLICKHOUSE_USER"] == "grafana"
+    clickhouse = compose["services"]["clickhouse"]
+    init = repo_path(clickhouse, "/docker-entrypoint-initdb.d")
+    assert init == ROOT / "deploy/clickhouse"
+    sql = (init / "20-api-user.sh").read_text()
+    assert "CREATE USER IF NOT EXISTS pbxpipe_api" in sql
+    assert re.findall(r"GRANT (\w+) ON \$\{CLICKHOUSE_DB\}\.(\S+) TO pbxpipe_api;", sql) == [
+        ("SELECT", "*"), ("INSERT", "recording_access"), ("INSERT", "api_keys")]
+    # the role the migrations' row policies confine to one tenant: the API's, by default
+    migrations = "".join(f.read_text() for f in sorted((ROOT / "store/migrations").glob("*.sql")))
+    confined = set(re.findall(r"TO ALL EXCEPT (\w+);", migrations))
+    assert len(confined) == 1
+    role = confined.pop()
+    assert f"GRANT {role} TO pbxpipe_api;" in sql and f"SET DEFAULT ROLE {role} TO pbxpipe_api;" in sql
+    assert f"CREATE ROLE IF NOT EXISTS {role};" in sql  # before the migrations create it
+    for var in re.findall(r"\$\{(\w+)\}", sql):
+        assert var in clickhouse["environment"], var
+    assert "GRANT SELECT ON ${CLICKHOUSE_DB}.* TO grafana" in (init / "10-grafana-user.sh").read_text()
+
+
+def test_every_published_port_is_bound_to_loopback(compose):
+    """The web pages (Grafana, the panel, Prometheus, Alertmanager) are published on 127.0.0.1
+    only: nothing listens on the host's public addresses without a proxy in front."""
+    ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert len(ports) == 4
+    assert all(str(p).startswith("127.0.0.1:") for p in ports), ports
