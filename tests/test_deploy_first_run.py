@@ -451,6 +451,13 @@ def test_each_service_reads_clickhouse_as_its_own_user(compose):
     assert "GRANT SELECT ON ${CLICKHOUSE_DB}.* TO grafana" in (init / "10-grafana-user.sh").read_text()
 
 
+def test_the_recordings_bucket_is_made_with_object_lock(compose):
+    """minio-setup creates the recordings bucket with --with-lock (object lock implies
+    versioning), as the pipeline itself would."""
+    script = " ".join(compose["services"]["minio-setup"]["command"])
+    assert re.search(r"mc mb --ignore-existing --with-lock local/recordings\b", script)
+
+
 def test_every_published_port_is_bound_to_loopback(compose):
     """The web pages (Grafana, the panel, Prometheus, Alertmanager) are published on 127.0.0.1
     only: nothing listens on the host's public addresses without a proxy in front."""
