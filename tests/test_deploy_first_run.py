@@ -245,6 +245,159 @@ def test_the_settings_check_catches_a_misspelt_variable():
     assert unknown_settings(broken) == ["PBXPIPE_AMI_SECRT", "PBXPIPE_KAFKA_SPOOL_DIRECTORY"]
 
 
+# --- (3) .env.example lists what compose reads, and nothing else --------------------------------
+
+ENV_EXAMPLE = (ROOT / ".env.example").read_text()
+
+
+def strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in strings(k) + strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def interpolated(compose: dict[str, Any]) -> dict[str, str]:
+    """Variable -> how compose.yaml reads it: required (${X:?…}), default (${X:-…}) or bare."""
+    found: dict[str, str] = {}
+    for s in strings(compose):
+        s = s.replace("$$", "")  # an escaped $, left to the container's shell
+        for braced, op, plain in re.findall(
+                r"\$\{([A-Za-z_]\w*)(:?[?-]|)[^}]*\}|\$([A-Za-z_]\w*)", s):
+            how = {"?": "required", "-": "default"}.get(op[-1:], "bare")
+            found.setdefault(braced or plain, how)
+    return found
+
+
+def env_file(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith("#"))
+
+
+def env_problems(compose: dict[str, Any], example_text: str) -> list[str]:
+    """.env.example names every variable compose.yaml reads and nothing else; what compose
+    requires is empty there (a copied file does not start until the operator fills it); a
+    variable compose reads bare would be silently empty when unset."""
+    used, example = interpolated(compose), env_file(example_text)
+    problems = []
+    for var, how in sorted(used.items()):
+        if var not in example:
+            problems.append(f"{var}: compose.yaml reads it ({how}); .env.example does not list it")
+        elif how == "required" and example[var]:
+            problems.append(f"{var}: required, but .env.example gives it a value: a copied file "
+                            "would start with it")
+        if how == "bare":
+            problems.append(f"{var}: compose.yaml reads it with neither a default nor :?")
+    problems += [f"{var}: in .env.example, not read by compose.yaml"
+                 for var in sorted(set(example) - set(used))]
+    return problems
+
+
+def test_env_example_lists_every_variable_compose_reads(compose):
+    """Each ${VAR:?} (the five passwords, the AMI host and secret, the price-list choice, the
+    API's ClickHouse password) is in .env.example, empty; so are the optional ones."""
+    used = interpolated(compose)
+    assert {"CLICKHOUSE_PASSWORD", "CLICKHOUSE_API_PASSWORD", "GRAFANA_CLICKHOUSE_PASSWORD",
+            "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "PBX1_AMI_HOST", "PBXPIPE_AMI_SECRET",
+            "PBXPIPE_TARIFF_PATH"} <= {v for v, how in used.items() if how == "required"}
+    assert "MINIO_ROOT_PASSWORD" in used and "$MINIO_ROOT_PASSWORD" in COMPOSE_TEXT
+    assert env_problems(compose, ENV_EXAMPLE) == []
+
+
+def test_the_env_check_catches_missing_extra_prefilled_and_bare_variables(compose):
+    """A required variable missing from .env.example, one given a value there, a line compose
+    never reads, and a ${VAR} without a default: each is named."""
+    example = ENV_EXAMPLE.replace("\nPBX1_AMI_HOST=\n", "\n").replace(
+        "\nGRAFANA_ADMIN_PASSWORD=\n", "\nGRAFANA_ADMIN_PASSWORD=admin\n") + "PBX2_AMI_HOST=\n"
+    broken = copy.deepcopy(compose)
+    broken["services"]["grafana"]["environment"]["GF_SERVER_ROOT_URL"] = "${GRAFANA_URL}"
+    assert env_problems(broken, example) == [
+        "GRAFANA_ADMIN_PASSWORD: required, but .env.example gives it a value: a copied file "
+        "would start with it",
+        "GRAFANA_URL: compose.yaml reads it (bare); .env.example does not list it",
+        "GRAFANA_URL: compose.yaml reads it with neither a default nor :?",
+        "PBX1_AMI_HOST: compose.yaml reads it (required); .env.example does not list it",
+        "PBX2_AMI_HOST: in .env.example, not read by compose.yaml"]
+
+
+# --- (4) every file a service mounts, or is told to read, is in the repository ------------------
+
+def file_problems(compose: dict[str, Any]) -> list[str]:
+    """Every repository file or directory a service mounts exists (Docker would create a missing
+    one as an empty directory); every path inside such a mount that a service is told to read (in
+    its command, entrypoint or environment) exists; every absolute path a pipeline setting names
+    is mounted into its service."""
+    problems = []
+    for name, service in compose["services"].items():
+        for m in mounts(service):
+            if m.kind == "bind" and m.source.startswith(".") and not (ROOT / m.source).exists():
+                problems.append(f"{name}: mounts {m.source}, which is not in the repository")
+        told = strings([service.get("command", []), service.get("entrypoint", []),
+                        service.get("environment", {})])
+        for arg in told:
+            path = arg.split("=", 1)[-1]
+            host = repo_path(service, path) if path.startswith("/") else None
+            if host is not None and not host.exists():
+                problems.append(f"{name}: reads {path}, which is {host.relative_to(ROOT)}: not "
+                                "in the repository")
+        if name in built_services(compose):
+            targets = [m.target for m in mounts(service)]
+            for var, value in service.get("environment", {}).items():
+                if (var.startswith("PBXPIPE_") and str(value).startswith("/")
+                        and not any(under(value, t) for t in targets)):
+                    problems.append(f"{name}: {var} is {value}, which is not mounted into it")
+    return problems
+
+
+def test_every_file_a_service_mounts_is_in_the_repository(compose):
+    """Configuration, rules, dashboards, the ClickHouse init scripts, the Alertmanager entrypoint,
+    the PBX profile and the price list: mounted from files that exist."""
+    sources = {m.source for s in compose["services"].values() for m in mounts(s)}
+    assert {"./deploy/pbx/profile.toml", "./deploy/tariffs", "./deploy/alertmanager",
+            "./deploy/clickhouse", "./deploy/prometheus"} <= sources
+    assert file_problems(compose) == []
+
+
+def test_the_file_check_catches_missing_files_and_unmounted_paths(compose):
+    """A mount of a file the repository lacks, a path read inside a mount that is not there, and a
+    setting naming a path nothing is mounted at: each is named."""
+    broken = copy.deepcopy(compose)
+    enrich = broken["services"]["enrich"]
+    enrich["volumes"] = ["./deploy/pbx/pbx1.toml:/etc/pbxpipe/profile.toml:ro"]
+    enrich["environment"]["PBXPIPE_KAFKA_SPOOL_DIR"] = "/var/lib/pbxpipe/spool"
+    broken["services"]["alertmanager"]["entrypoint"] = ["/bin/sh", "/etc/alertmanager/start.sh"]
+    assert file_problems(broken) == [
+        "enrich: mounts ./deploy/pbx/pbx1.toml, which is not in the repository",
+        "enrich: reads /etc/pbxpipe/profile.toml, which is deploy/pbx/pbx1.toml: not in the repository",
+        "enrich: PBXPIPE_KAFKA_SPOOL_DIR is /var/lib/pbxpipe/spool, which is not mounted into it",
+        "alertmanager: reads /etc/alertmanager/start.sh, which is deploy/alertmanager/start.sh: "
+        "not in the repository"]
+
+
+def test_enrich_and_store_price_calls_with_the_deploy_profile_and_price_list(compose):
+    """The PBX profile and the price list are explicit: enrich and store read
+    deploy/pbx/profile.toml and, when .env chooses it, deploy/tariffs/ (the path .env.example
+    offers); both are valid, and the profile's PBX id is an ingest's. The sample PLN list never
+    applies by default: PBXPIPE_TARIFF_PATH is required."""
+    from enrich.rating import load_tariff
+
+    ids = {s["environment"].get("PBXPIPE_PBX_ID") for s in compose["services"].values()
+           if isinstance(s.get("environment"), dict)}
+    offered = re.search(r"^#\s+(/\S+)\s+the files in deploy/tariffs/", ENV_EXAMPLE, re.M)
+    assert offered, ".env.example does not offer the deploy/tariffs/ choice"
+    for name in ("enrich", "store"):
+        service = compose["services"][name]
+        env = service["environment"]
+        profile = repo_path(service, env["PBXPIPE_PBX_PROFILE"])
+        assert profile == ROOT / "deploy/pbx/profile.toml"
+        assert load_profile(profile).pbx_id in ids
+        assert interpolated({"v": env["PBXPIPE_TARIFF_PATH"]}) == {"PBXPIPE_TARIFF_PATH": "required"}
+        assert repo_path(service, offered.group(1)) == ROOT / "deploy/tariffs"
+    tariff = load_tariff(Settings(), str(ROOT / "deploy/tariffs"))
+    assert tariff.rates and "off" in ENV_EXAMPLE
+
+
 # --- (5) every alert is loaded by Prometheus and reaches a person -------------------------------
 
 def rule_files_not_loaded(prom: dict[str, Any]) -> list[str]:
@@ -464,3 +617,178 @@ def test_every_published_port_is_bound_to_loopback(compose):
     ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert len(ports) == 4
     assert all(str(p).startswith("127.0.0.1:") for p in ports), ports
+
+
+# --- the first-run walk-through -----------------------------------------------------------------
+
+GUIDE = (ROOT / "docs" / "operations.md").read_text()
+
+
+def first_run(guide: str) -> str:
+    return guide.split("\n## First run\n", 1)[1].split("\n## ", 1)[0]
+
+
+def commands(section: str) -> list[str]:
+    """Shell commands: the lines of ```sh blocks and inline code that starts with a command."""
+    block = [line.strip() for b in re.findall(r"```sh\n(.*?)```", section, re.S)
+             for line in b.splitlines() if line.strip()]
+    inline = [c for c in re.findall(r"`([^`\n]+)`", section)
+              if c.split()[0] in ("docker", "pbxpipe", "cp", "openssl")]
+    return block + inline
+
+
+COMPOSE_OPTIONS_WITH_VALUE = {"-e", "--env", "-u", "--user", "-w", "--workdir", "--entrypoint",
+                              "--name", "-v", "--volume", "-p", "--publish", "--index", "--tail"}
+
+
+def compose_command(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    """`docker compose VERB [options] [SERVICE…] [COMMAND…]` -> (verb, services, command)."""
+    verb, rest = argv[2], argv[3:]
+    i = 0
+    while i < len(rest) and rest[i].startswith("-"):
+        i += 2 if rest[i] in COMPOSE_OPTIONS_WITH_VALUE else 1
+    words = rest[i:]
+    if verb in ("exec", "run"):
+        return verb, words[:1], words[1:]
+    return verb, [w for w in words if not w.startswith("-")], []
+
+
+def cli_problems(args: list[str], cli: Any, pbx_ids: set[str]) -> list[str]:
+    """`pbxpipe ARGS`: each word a command of the CLI (a click group), each --flag one of its
+    options, each --pbx a PBX id compose runs."""
+    command = cli
+    line = "pbxpipe " + " ".join(args)
+    rest = list(args)
+    while hasattr(command, "commands") and rest and not rest[0].startswith("-"):
+        if rest[0] not in command.commands:
+            return [f"{line}: no command {rest[0]!r}"]
+        command, rest = command.commands[rest[0]], rest[1:]
+    flags = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    problems = [f"{line}: no option {a.split('=')[0]}" for a in rest
+                if a.startswith("--") and a.split("=")[0] not in flags]
+    problems += [f"{line}: no PBX {v!r} in compose.yaml" for a, v in zip(rest, rest[1:])
+                 if a == "--pbx" and v not in pbx_ids]
+    return problems
+
+
+@dataclass
+class Named:
+    """What a walk-through names that does not exist, per the service a command runs in."""
+
+    problems: list[str] = field(default_factory=list)
+    by_service: dict[str, list[str]] = field(default_factory=dict)
+
+
+def walkthrough_problems(section: str, compose: dict[str, Any], example_text: str,
+                         cli: Any) -> Named:
+    """Every file (repository paths in backticks, paths inside a service's repository mounts),
+    service, variable, command and local URL the walk-through names exists."""
+    named = Named()
+    services = compose["services"]
+    example = env_file(example_text)
+    env_keys = {k for s in services.values() if isinstance(s.get("environment"), dict)
+                for k in s["environment"]}
+    pbx_ids = {s["environment"]["PBXPIPE_PBX_ID"] for s in services.values()
+               if isinstance(s.get("environment"), dict) and "PBXPIPE_PBX_ID" in s["environment"]}
+    created = {argv[-1] for argv in map(shlex.split, commands(section)) if argv[0] == "cp"}
+    for token in re.findall(r"`([^`\n]+)`", section):
+        name = token.split("=")[0]
+        if re.fullmatch(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+", name):
+            if name not in example and name not in env_keys and name not in SETTINGS_ENV:
+                named.problems.append(f"variable {name}: not in .env.example, compose.yaml or the settings")
+        elif re.fullmatch(r"\.?[\w.-]*/[\w./-]*|\.?[\w-]+\.(?:ya?ml|toml|md|csv|sh|py|example)",
+                          token) and not token.startswith("/"):
+            if token not in created and not (ROOT / token).exists():
+                named.problems.append(f"file {token}: not in the repository")
+        elif re.fullmatch(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+", token) and token not in services:
+            named.problems.append(f"service {token}: not in compose.yaml")
+    for line in commands(section):
+        argv = shlex.split(line)
+        if argv[:2] != ["docker", "compose"]:
+            continue
+        verb, names, command = compose_command(argv)
+        for name in names:
+            if name not in services:
+                named.problems.append(f"{line}: no service {name!r} in compose.yaml")
+        if not names or names[0] not in services:
+            continue
+        service = services[names[0]]
+        found = named.by_service.setdefault(names[0], [])
+        if verb == "exec" and command[:1] == ["pbxpipe"]:
+            found += cli_problems(command[1:], cli, pbx_ids)
+        elif verb == "run" and "build" in service:  # the image's entrypoint is pbxpipe
+            found += cli_problems(command, cli, pbx_ids)
+        for arg in command:
+            host = repo_path(service, arg) if arg.startswith("/") else None
+            if host is not None and not host.exists():
+                found.append(f"{line}: {arg} is {host.relative_to(ROOT)}, not in the repository")
+    published = {str(p).split(":")[1] for s in services.values() for p in s.get("ports", [])}
+    for port in re.findall(r"http://localhost:(\d+)/", section):
+        if port not in published:
+            named.problems.append(f"http://localhost:{port}/: no service publishes port {port}")
+    named.problems = list(dict.fromkeys(named.problems))  # each once, however often it is named
+    return named
+
+
+def the_cli() -> Any:
+    """The `pbxpipe` command as a click group: subcommands in ``commands``, options in ``params``."""
+    from pbxpipe.cli import app
+
+    return typer.main.get_command(app)
+
+
+CLI_HAS_API = {"api", "api-keys"} <= set(the_cli().commands)
+
+
+def test_the_walkthrough_names_only_what_exists(compose):
+    """docs/operations.md's first run: copy .env.example, set the secrets, edit the profile and
+    price list, docker compose up -d, the first API key, Grafana and the panel. Every file,
+    service, variable, command and URL it names exists (the API's own commands: next test)."""
+    section = first_run(GUIDE)
+    for step in ("cp .env.example .env", "docker compose up -d",
+                 "docker compose exec api pbxpipe api-keys create --pbx pbx1 --role admin",
+                 "http://localhost:3000/", "http://localhost:8080/"):
+        assert step in section, step
+    named = walkthrough_problems(section, compose, ENV_EXAMPLE, the_cli())
+    assert named.problems == []
+    assert {s: p for s, p in named.by_service.items() if s != "api" and p} == {}
+    assert {"enrich", "api", "alertmanager", "clickhouse"} <= set(named.by_service)
+
+
+@pytest.mark.xfail(not CLI_HAS_API, strict=True,
+                   reason="this build of pbxpipe has no `api` and `api-keys` commands")
+def test_the_api_commands_the_deployment_runs_exist(compose):
+    """The api service's command and the walk-through's `pbxpipe api-keys create --pbx …
+    --role …` are commands of this pbxpipe, with those options."""
+    named = walkthrough_problems(first_run(GUIDE), compose, ENV_EXAMPLE, the_cli())
+    assert named.by_service["api"] == []
+    assert cli_problems(compose["services"]["api"]["command"], the_cli(), set()) == []
+
+
+def test_the_walkthrough_check_catches_what_does_not_exist(compose):
+    """A renamed file, variable, service, command, option, PBX id or port: each is named."""
+    section = first_run(GUIDE)
+    broken = (section.replace("`deploy/pbx/profile.toml`", "`deploy/pbx/pbx1.toml`")
+              .replace("`CLICKHOUSE_API_PASSWORD`", "`CLICKHOUSE_API_PASSWD`")
+              .replace("`recordings-pbx1`", "`recordings-pbx2`")
+              .replace("docker compose logs alertmanager", "docker compose logs alertmgr")
+              .replace("tariffs check /etc/pbxpipe/tariffs", "tariffs check --strict /etc/pbxpipe/tariffs/rates.tsv")
+              .replace("http://localhost:3000/", "http://localhost:3001/")
+              + "\n```sh\ndocker compose run --rm store rerate --pbx pbx2 --since 2026-01-01\n"
+                "docker compose run --rm store tariff load\n```\n")
+    named = walkthrough_problems(broken, compose, ENV_EXAMPLE, the_cli())
+    assert sorted(named.problems) == [
+        "docker compose logs alertmgr: no service 'alertmgr' in compose.yaml",
+        "file deploy/pbx/pbx1.toml: not in the repository",
+        "http://localhost:3001/: no service publishes port 3001",
+        "service recordings-pbx2: not in compose.yaml",
+        "variable CLICKHOUSE_API_PASSWD: not in .env.example, compose.yaml or the settings"]
+    assert named.by_service["enrich"] == [
+        "pbxpipe tariffs check --strict /etc/pbxpipe/tariffs/rates.tsv: no option --strict",
+        "docker compose run --rm --no-deps enrich tariffs check --strict "
+        "/etc/pbxpipe/tariffs/rates.tsv: /etc/pbxpipe/tariffs/rates.tsv is deploy/tariffs/rates.tsv, "
+        "not in the repository"]
+    assert named.by_service["store"] == [
+        "pbxpipe rerate --pbx pbx2 --since 2026-01-01: no option --pbx",
+        "pbxpipe rerate --pbx pbx2 --since 2026-01-01: no PBX 'pbx2' in compose.yaml",
+        "pbxpipe tariff load: no command 'tariff'"]
