@@ -100,8 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tariff_alert_calls_per_hour: int = 20  # watched calls per scope and clock hour above this alert (0: off)
 
     # api: the panel's HTTP service (pbxpipe api; api/)
-    api_host: str = "127.0.0.1"  # address the API listens on (0.0.0.0 in a container)
-    api_port: int = 8080
+    api_host: str = "127.0.0.1"  # address the panel and its JSON API listen on (0.0.0.0 in a container)
+    api_port: int = 8080  # its port: the panel at /, liveness /healthz, readiness /readyz
     api_signing_secret: str = ""  # signs panel sessions and recording links; empty: a random one per process (links and sessions then die with it)
     api_key_cache_s: float = 5.0  # a revoked or expired key is refused at most this long after
     api_recording_link_s: int = 300  # lifetime of a recording's link (at most 300)
@@ -112,8 +112,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_jwt_audience: str = ""  # the aud a token must carry (empty: not checked)
     api_jwt_algorithms: str = "RS256,ES256,EdDSA"  # comma-separated; never HS* or none
     api_jwt_jwks_cache_s: int = 300  # signing keys are fetched again after this long
-    api_jwt_tenant_claim: str = "pbx_id"  # claim names: the tenant, the role,
-    api_jwt_role_claim: str = "role"
+    api_jwt_tenant_claim: str = "pbx_id"  # the JWT claim naming the tenant (PBX id)
+    api_jwt_role_claim: str = "role"  # the claim naming the role (admin, supervisor, user, billing)
     api_jwt_extensions_claim: str = "extensions"  # a user's extensions (a list, or comma-separated)
     api_jwt_group_claim: str = "group"  # a supervisor's group
 
