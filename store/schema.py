@@ -15,6 +15,7 @@ from importlib import resources
 
 import msgspec
 
+from contracts.reconcile import ReconcileRun
 from contracts.records import CallLeg, CallRecord, Quarantined
 from contracts.tariffs import TariffAlert, TariffRow
 
@@ -57,6 +58,12 @@ TABLES = (CALLS, CALL_LEGS, QUARANTINE)
 # tariffs (migration 0002)
 TARIFFS = Table("tariffs", TariffRow)
 TARIFF_ALERTS = Table("tariff_alerts", TariffAlert)
+
+# reconcile (migration 0007)
+RECONCILE_RUNS = Table("reconcile_runs", ReconcileRun)
+REDERIVED_CALLS = Table("rederived_calls", CallRecord, leading=("run_id", "run_at"))
+"""The shadow of ``calls`` that ``pbxpipe rederive`` fills: one run's records, by ``run_id``."""
+REDERIVED_LEGS = Table("rederived_legs", CallLeg, leading=("run_id", "run_at"))
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations
