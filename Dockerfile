@@ -1,4 +1,4 @@
-# The pipeline image: every `pbxpipe` process (ingest, enrich, store, the retention jobs).
+# The pipeline image: every `pbxpipe` process (ingest, enrich, store, the retention and reconcile jobs).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,6 +8,7 @@ COPY ingest ingest
 COPY enrich enrich
 COPY store store
 COPY retention retention
+COPY reconcile reconcile
 COPY simulator simulator
 COPY pbxpipe pbxpipe
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
