@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -199,5 +200,119 @@ def reconcile(
              f"{len(report.differing)} differing, {len(report.duplicates)} stored twice")
 
 
+def _sync(agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """An async iterator read from synchronous code, on an event loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
+        loop.close()
+
+
+def _raw_frames(settings: Settings, capture: list[Path], from_kafka: bool,
+                rejected: list[Any]) -> Iterator[Any]:
+    """The PBX's raw frames: capture files, or the raw topic."""
+    from reconcile.sources import capture_frames, topic_frames
+
+    if capture and from_kafka:
+        raise InputError("--capture or --from-kafka, not both")
+    if capture:
+        for path in capture:
+            yield from capture_frames(path, settings.pbx_id, rejected)
+    elif from_kafka:
+        if not settings.kafka_bootstrap:
+            raise InputError("--from-kafka needs PBXPIPE_KAFKA_BOOTSTRAP")
+        yield from _sync(topic_frames(settings, settings.pbx_id, rejected))
+    else:
+        raise InputError("name the raw events: --capture files or --from-kafka")
+
+
+def _print_rederive(report: Any, rejected: list[Any]) -> None:
+    echo = typer.echo
+    span = "" if report.since is None and report.until is None else (
+        f" that started {_iso(report.since) if report.since is not None else 'before'} .. "
+        f"{_iso(report.until) if report.until is not None else 'the end'}")
+    echo(f"{report.pbx_id}: {report.calls} calls{span or ' of the source'} derived again "
+         f"(run {report.run_id})")
+    echo(f"{report.unchanged} unchanged, {report.changed} changed, {report.new} not stored, "
+         f"{report.gone} stored but not in the events, {report.partial} partial in the source "
+         "(not compared)")
+    if report.changed:
+        groups = ", ".join(f"{g} {report.groups.get(g, 0)}" for g in
+                           ("status", "direction", "parties", "times", "cost"))
+        echo(f"calls changing: {groups}, legs {report.legs}")
+        echo("by field: " + ", ".join(f"{f} {n}" for f, n in sorted(report.fields.items())))
+        for c in report.examples:
+            echo(f"  {c.call_id}  {c.field}: {c.before!r} -> {c.after!r}")
+    if report.gone_first:
+        echo("not in the events: " + ", ".join(report.gone_first))
+    for r in rejected[:20]:
+        echo(f"could not read {r.where}: {r.reason}")
+    if report.applied:
+        echo(f"applied: {report.written} calls written as new versions")
+    elif report.changed or report.new:
+        echo("nothing written: --apply writes them as new versions")
+
+
+def rederive(
+    pbx_id: PbxId = None,
+    pbx_profile: Profile = None,
+    capture: Annotated[Optional[list[Path]], typer.Option(help="Raw AMI captures of the PBX (bytes as received). Repeat for several.")] = None,
+    from_kafka: Annotated[bool, typer.Option("--from-kafka", help="The raw topic, as far back as it retains events.")] = False,
+    since: Annotated[Optional[str], typer.Option(help="Calls that started from (ISO, in --tz); default: all in the source.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="...until (exclusive).")] = None,
+    tz: Annotated[str, typer.Option(help="Time zone of --since/--until.")] = "UTC",
+    apply: Annotated[bool, typer.Option("--apply", help="Write the calls that differ as new versions (idempotent).")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    clickhouse: Dsn = None,
+    log_format: LogFormat = None,
+) -> None:
+    """Run today's enrich rules over the PBX's raw events again, into a shadow table; print what
+    would change per field (status, direction, parties, times, cost, legs); --apply writes it.
+
+    The way to recover after an enrich bug: fix enrich, run this for the period it touched, read
+    the diff, run it again with --apply.
+    """
+    from enrich.partition import fold_to_end
+    from pbxpipe.pipeline import load_rating, new_builder, open_store
+    from reconcile.rederive import Partial, compare_shadow, derive_into_shadow, run_id_of
+
+    settings = command_settings(pbx_id=pbx_id, pbx_profile=pbx_profile, clickhouse_dsn=clickhouse,
+                                log_format=log_format)
+    start, end = _period(settings, since, until, None, tz)
+    rejected: list[Any] = []
+    try:
+        profile = profile_of(settings)
+        store = open_store(settings)
+        rating = load_rating(settings, profile, store)
+        partial = Partial()
+
+        def frames() -> Iterator[tuple[int, int, str, Any]]:
+            for f in _raw_frames(settings, capture or [], from_kafka, rejected):
+                partial.see(f.env)
+                yield f.partition, f.offset, f.linkedid, f.env
+
+        now = time.time()
+        run_id = run_id_of(settings.pbx_id, start, end, now)
+        outputs = fold_to_end(frames(), lambda _pbx: new_builder(settings, profile, rating))
+        derive_into_shadow(store, outputs, partial, run_id=run_id, run_at=now,
+                           pbx_id=settings.pbx_id, since=start, until=end)
+        report = compare_shadow(store, run_id=run_id, pbx_id=settings.pbx_id, since=start,
+                                until=end, partial=len(partial.calls), apply=apply)
+    except PbxPipeError as e:
+        fail(str(e))
+    if json_:
+        typer.echo(json.dumps({**msgspec.to_builtins(report), "rejected": msgspec.to_builtins(rejected)},
+                              indent=1, ensure_ascii=False, default=str))
+    else:
+        _print_rederive(report, rejected)
+
+
 def register(app: typer.Typer) -> None:
     app.command("reconcile")(reconcile)
+    app.command("rederive")(rederive)

@@ -8,13 +8,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from store.queries import CALL_FIELDS, TIME_FIELDS, Query
-from store.schema import REDERIVED_CALLS, REDERIVED_LEGS, Table
+from store.schema import CALL_LEGS, REDERIVED_CALLS, REDERIVED_LEGS, Table
 
 _CALL_COLUMNS = ", ".join(
     f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
     for c in CALL_FIELDS
 )
 """Every CallRecord field, times as ``<name>_ms`` (store.queries.record_from_row reads them)."""
+_LEG_COLUMNS = ", ".join(
+    f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
+    for c in CALL_LEGS.struct.__struct_fields__
+)
 
 
 def _ms(t: float) -> int:
@@ -62,10 +66,8 @@ def shadow_page_query(run_id: str, *, after: str = "", limit: int = 5_000) -> Qu
 
 
 def shadow_legs_query(run_id: str, call_ids: Sequence[str]) -> Query:
-    columns = ", ".join(
-        f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
-        for c in REDERIVED_LEGS.struct.__struct_fields__)
-    return Query(f"SELECT {columns} FROM {REDERIVED_LEGS.name} FINAL WHERE run_id = "
+    """The legs of these calls in one re-derivation run."""
+    return Query(f"SELECT {_LEG_COLUMNS} FROM {REDERIVED_LEGS.name} FINAL WHERE run_id = "
                  "{run_id:String} AND call_id IN {ids:Array(String)} ORDER BY call_id, leg_id",
                  {"run_id": run_id, "ids": list(call_ids)})
 
@@ -84,19 +86,31 @@ def gone_query(run_id: str, pbx_id: str, since: float, until: float, limit: int 
         "WHERE run_id = {run_id:String}) ORDER BY start, call_id)", params)
 
 
+def stored_legs_query(pbx_id: str, call_ids: Sequence[str]) -> Query:
+    """The stored legs of these calls of the PBX, under FINAL."""
+    return Query(f"SELECT {_LEG_COLUMNS} FROM call_legs FINAL WHERE pbx_id = {{pbx_id:String}} "
+                 "AND call_id IN {ids:Array(String)} ORDER BY call_id, leg_id",
+                 {**_require(pbx_id), "ids": list(call_ids)})
+
+
 def delete_rows_query(table: Table, pbx_id: str, call_ids: Sequence[str], *,
-                      start_ms: Sequence[int] = (), keep_legs: Sequence[str] = ()) -> Query:
-    """A lightweight DELETE of rows a re-derivation replaced under another sorting key: the
-    call rows of ``call_ids`` that started at ``start_ms`` (the old start, pairwise), or the
-    leg rows of ``call_ids`` other than ``keep_legs``."""
+                      start_ms: Sequence[int] = (), versions: Sequence[int] = (),
+                      keep_legs: Sequence[tuple[str, int]] = ()) -> Query:
+    """The DELETE (a mutation) of rows a re-derivation replaced: call rows that the new versions
+    do not replace under FINAL (``call_ids`` pairwise with their old ``start_ms`` and
+    ``versions``: another day, another sorting key), or the legs of ``call_ids`` other than
+    ``keep_legs`` (leg id, version)."""
     params: dict[str, Any] = {**_require(pbx_id), "ids": list(call_ids)}
     if table.name == "calls":
-        params["starts"] = list(start_ms)
-        cond = ("(call_id, toUnixTimestamp64Milli(start)) IN "
-                "arrayZip({ids:Array(String)}, {starts:Array(Int64)})")
+        params["starts"], params["versions"] = list(start_ms), list(versions)
+        cond = ("has(arrayZip({ids:Array(String)}, {starts:Array(Int64)}, {versions:Array(UInt64)}),"
+                " (call_id, toUnixTimestamp64Milli(start), version))")
     elif table.name == "call_legs":
-        params["keep"] = list(keep_legs)
-        cond = "call_id IN {ids:Array(String)} AND leg_id NOT IN {keep:Array(String)}"
+        params["keep_ids"] = [leg for leg, _ in keep_legs]
+        params["keep_versions"] = [v for _, v in keep_legs]
+        cond = ("call_id IN {ids:Array(String)} AND NOT has(arrayZip({keep_ids:Array(String)}, "
+                "{keep_versions:Array(UInt64)}), (leg_id, version))")
     else:
         raise ValueError(f"no rows of {table.name} are replaced by a re-derivation")
-    return Query(f"DELETE FROM {table.name} WHERE pbx_id = {{pbx_id:String}} AND {cond}", params)
+    return Query(f"ALTER TABLE {table.name} DELETE WHERE pbx_id = {{pbx_id:String}} AND {cond}",
+                 params)

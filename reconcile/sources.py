@@ -53,7 +53,7 @@ async def topic_frames(settings: Settings, pbx_id: str, rejected: list[Rejected]
     partition in order (the partitions interleave); unreadable messages and frames go to
     ``rejected``."""
     topic = settings.kafka_raw_topic
-    async for fetched in read_to_end(settings, topic, only_existing=True):
+    async for fetched in read_to_end(settings, topic):
         for r in fetched:
             key_pbx, linkedid = k.split_key(r.key)
             if key_pbx and key_pbx != pbx_id:
