@@ -30,6 +30,7 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = ""
     metadata: dict[str, str] = {}
     legal_hold: bool = False
+    retain_until: float | None = None  # object lock (governance mode): not deleted before then
 
 
 class LifecycleRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,8 +47,10 @@ class ObjectStore(Protocol):
     location: str  # for logs and manifests: "s3://bucket" or "dir:///path"
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
-            metadata: dict[str, str]) -> None:
-        """Write ``size`` bytes read from ``data`` (large ones in parts); overwrites ``key``."""
+            metadata: dict[str, str], retain_until: float | None = None) -> None:
+        """Write ``size`` bytes read from ``data`` (large ones in parts); overwrites ``key``.
+        ``retain_until``: lock the object in governance mode until then (epoch seconds; only
+        where :meth:`supports_object_lock`)."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -56,10 +59,16 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def checksum(self, key: str) -> tuple[str, int] | None:
+        """SHA-256 (hex) and size of the stored bytes, read in chunks; None when absent."""
+        ...
+
     def copy(self, src: str, dst: str) -> None: ...
 
-    def delete(self, key: str) -> None:
-        """Remove ``key`` (absent is fine). Raises ObjectStoreError if a legal hold forbids it."""
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
+        """Remove ``key`` (absent is fine). Raises ObjectStoreError if a legal hold forbids it, or
+        a governance-mode lock that ``bypass_governance`` does not lift (the S3 user needs
+        s3:BypassGovernanceRetention to)."""
         ...
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]: ...
@@ -77,6 +86,10 @@ class ObjectStore(Protocol):
     def supports_legal_hold(self) -> bool: ...
 
     def set_legal_hold(self, key: str, on: bool) -> None: ...
+
+    def supports_object_lock(self) -> bool:
+        """Whether objects can be locked for a retention period (``put``'s ``retain_until``)."""
+        ...
 
 
 class LocalObjectStore:
@@ -104,7 +117,9 @@ class LocalObjectStore:
         return path.with_name(path.name + ".meta.json")
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
-            metadata: dict[str, str]) -> None:
+            metadata: dict[str, str], retain_until: float | None = None) -> None:
+        if retain_until is not None:
+            raise ObjectStoreError(f"{self.location} cannot lock objects: object lock needs S3")
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = self._read_meta(path)
@@ -154,6 +169,12 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
 
+    def checksum(self, key: str) -> tuple[str, int] | None:
+        try:
+            return sha256_file(self._path(key))
+        except FileNotFoundError:
+            return None
+
     def copy(self, src: str, dst: str) -> None:
         s, d = self._path(src), self._path(dst)
         if not s.exists():
@@ -164,7 +185,7 @@ class LocalObjectStore:
         meta["legal_hold"] = False
         self._meta_path(d).write_text(json.dumps(meta))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         path = self._path(key)
         if self._read_meta(path).get("legal_hold"):
             raise ObjectStoreError(f"{key}: under legal hold, cannot be deleted")
@@ -200,6 +221,9 @@ class LocalObjectStore:
 
     def supports_legal_hold(self) -> bool:
         return True
+
+    def supports_object_lock(self) -> bool:
+        return False
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         path = self._path(key)
