@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pbxpipe demo
 
-# promtool (Debian package prometheus) checks the metrics endpoint and the alert rules.
+# promtool (Debian package prometheus) checks the metrics endpoint and the alert rules; amtool
+# (prometheus-alertmanager) checks the Alertmanager configuration and its routes.
 tools:
-	@command -v promtool >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends prometheus prometheus-alertmanager)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q

@@ -99,6 +99,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tariff_alert_cost_per_hour: str = "50"  # spend per scope and clock hour above this alerts (decimal; 0: off)
     tariff_alert_calls_per_hour: int = 20  # watched calls per scope and clock hour above this alert (0: off)
 
+    # api: the panel's HTTP service (pbxpipe api; api/)
+    api_host: str = "127.0.0.1"  # address the panel and its JSON API listen on (0.0.0.0 in a container)
+    api_port: int = 8080  # its port: the panel at /, liveness /healthz, readiness /readyz
+    api_signing_secret: str = ""  # signs panel sessions and recording links; empty: a random one per process (links and sessions then die with it)
+    api_key_cache_s: float = 5.0  # a revoked or expired key is refused at most this long after
+    api_recording_link_s: int = 300  # lifetime of a recording's link (at most 300)
+    api_session_s: int = 8 * 3600  # the panel's sign-in lasts this long
+    api_query_threads: int = 4  # ClickHouse queries at once (each on its own connection)
+    api_jwt_issuer: str = ""  # empty: JWTs are not accepted, API keys only
+    api_jwt_jwks_url: str = ""  # the identity provider's signing keys (JWKS)
+    api_jwt_audience: str = ""  # the aud a token must carry (empty: not checked)
+    api_jwt_algorithms: str = "RS256,ES256,EdDSA"  # comma-separated; never HS* or none
+    api_jwt_jwks_cache_s: int = 300  # signing keys are fetched again after this long
+    api_jwt_tenant_claim: str = "pbx_id"  # the JWT claim naming the tenant (PBX id)
+    api_jwt_role_claim: str = "role"  # the claim naming the role (admin, supervisor, user, billing)
+    api_jwt_extensions_claim: str = "extensions"  # a user's extensions (a list, or comma-separated)
+    api_jwt_group_claim: str = "group"  # a supervisor's group
+
     # reconcile: the stored calls against the PBX's own CDR and CEL (reconcile/); tamper evidence
     reconcile_tolerance_s: float = 1.0  # a stored time may differ this much from the CDR's or CEL's (a time written to the second counts as the whole second)
     reconcile_min_completeness: float = 0.999  # share of the PBX's calls stored exactly below which PbxCallsIncomplete fires
@@ -108,6 +126,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     recordings_object_lock: str = ""  # governance: each recording is locked (S3 Object Lock, governance mode) until its retention ends; erasure bypasses the lock; empty: not locked
 
 SECRET_FIELDS = SECRET_FIELDS | {"kafka_sasl_password"}  # kafka
+SECRET_FIELDS = SECRET_FIELDS | {"api_signing_secret"}  # api
 KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none", "")  # "": none
 
 

@@ -14,7 +14,14 @@
     ├── BrokerError          talking to Kafka
     │   ├── TopicsMissing    topics absent and not to be created: says which to create
     │   └── PoisonBatch      most of a fetched batch is undecodable: the consumer stops
-    └── RetentionError       a retention, hold, export or erasure request cannot be done as asked
+    ├── RetentionError       a retention, hold, export or erasure request cannot be done as asked
+    └── ApiError             a request the panel API refuses: answered as problem+json, never a traceback
+        ├── Unauthorised     no valid credentials (401): send a valid key or token
+        ├── Forbidden        the caller's role may not do this (403)
+        ├── NotFound         nothing of that id in the caller's scope (404); another tenant's
+        │                    call looks exactly like one that does not exist
+        ├── BadParameter     a parameter that does not parse or is out of range (400); names it
+        └── Unavailable      a service the request needs is down (503): try again later
 """
 
 
@@ -89,3 +96,42 @@ class TariffError(ConfigError):
         more = f"\n… and {len(issues) - 20} more" if len(issues) > 20 else ""
         super().__init__("invalid price list:\n" + "\n".join(shown) + more)
         self.issues = issues
+
+
+# the panel API
+class ApiError(PbxPipeError):
+    status = 500
+    title = "Error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Unauthorised(ApiError):
+    status = 401
+    title = "Unauthorised"
+
+
+class Forbidden(ApiError):
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    title = "Not found"
+
+
+class BadParameter(ApiError):
+    status = 400
+    title = "Bad parameter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(f"{parameter}: {detail}")
+        self.parameter = parameter
+
+
+class Unavailable(ApiError):
+    status = 503
+    title = "Service unavailable"

@@ -10,6 +10,7 @@ import sys
 
 from contracts.errors import PbxPipeError
 from pbxpipe import (
+    cmd_api,
     cmd_integrity,
     cmd_kafka,
     cmd_ops,
@@ -20,8 +21,8 @@ from pbxpipe import (
 )
 from pbxpipe.app import app
 
-COMMAND_MODULES = (cmd_pipeline, cmd_kafka, cmd_retention, cmd_ops, cmd_tariffs, cmd_reconcile,
-                   cmd_integrity)
+COMMAND_MODULES = (cmd_pipeline, cmd_api, cmd_kafka, cmd_retention, cmd_ops, cmd_tariffs,
+                   cmd_reconcile, cmd_integrity)
 
 for _module in COMMAND_MODULES:
     _module.register(app)

@@ -8,13 +8,15 @@ import csv
 import io
 import json
 import sys
+import time
+from collections.abc import Coroutine
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from contracts.config import load_settings, redacted
+from contracts.config import Settings, load_settings, redacted
 from contracts.errors import AmiAuthError, PbxPipeError
 from contracts.logs import configure_logging
 from pbxpipe.app import (
@@ -43,6 +45,7 @@ def run(
     log_format: LogFormat = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on this port (0: off) [PBXPIPE_METRICS_PORT].")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many seconds without events and open calls.")] = None,
+    api: Annotated[bool, typer.Option("--api", help="Serve the panel API from this process too (needed with embedded chDB: one process per directory) [PBXPIPE_API_HOST, PBXPIPE_API_PORT].")] = False,
 ) -> None:
     """Every stage in one process against a live AMI, into ClickHouse."""
     from pbxpipe.pipeline import LivePipeline, open_store
@@ -69,10 +72,10 @@ def run(
             if settings.kafka_bootstrap:  # the three stages through Kafka (pbxpipe/cmd_kafka.py)
                 from pbxpipe.cmd_kafka import run_via_kafka
 
-                asyncio.run(run_via_kafka(settings, profile, store, idle_exit))
+                main = run_via_kafka(settings, profile, store, idle_exit)
             else:
-                pipeline = LivePipeline(settings, profile, store)
-                asyncio.run(pipeline.run(idle_exit=idle_exit))
+                main = LivePipeline(settings, profile, store).run(idle_exit=idle_exit)
+            asyncio.run(with_api(settings, main) if api else main)
         finally:
             if recordings:
                 recordings.stop()
@@ -82,6 +85,21 @@ def run(
         fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+async def with_api(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """``main`` with the panel API served beside it in this process, until ``main`` ends."""
+    from api.server import build_runtime, serve
+
+    runtime = await asyncio.to_thread(build_runtime, settings)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(settings, runtime, stop), name="api")
+    try:
+        await main
+    finally:
+        stop.set()
+        await server
+        runtime.close()
 
 
 def replay(
@@ -173,23 +191,30 @@ def calls(
     tz: Annotated[str, typer.Option(help="Time zone for --since/--until and shown times.")] = "UTC",
     limit: Annotated[int, typer.Option(help="At most this many calls, newest first.")] = 1000,
     format: Annotated[Format, typer.Option("--format", help="table | json | csv")] = Format.table,
+    pbx: Annotated[Optional[str], typer.Option("--pbx", help="Only this PBX's calls (a tenant); default: every PBX.")] = None,
     clickhouse: Dsn = None,
 ) -> None:
-    """The call history, read back from ClickHouse."""
+    """The call history, read back from ClickHouse (calls past their retention are never shown)."""
     from pbxpipe.pipeline import open_store
+    from retention.jobs import default_policy, operator_scope
     from store.queries import call_history
+    from store.tenancy import ScopedReader
 
     settings = command_settings(clickhouse_dsn=clickhouse, log_format="console")
     zone = parse_zone(tz)
     try:
         store = open_store(settings)
-        rows = call_history(store, since=parse_time(since, zone, "--since"),
+        default = default_policy(settings.retention_call_days, settings.retention_recording_days)
+        scope = operator_scope(store, default, time.time(), tenant=pbx)
+        rows = call_history(ScopedReader(store), scope, since=parse_time(since, zone, "--since"),
                             until=parse_time(until, zone, "--until"),
                             call_type=type.value if type else None, extension=extension,
                             number=number, status=status.value if status else None, tz=tz,
                             limit=limit)
     except PbxPipeError as e:
         fail(str(e))
+    except ValueError as e:  # a filter the query layer refuses: --number without digits, --limit
+        fail(str(e), 2)
     if format is Format.json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
     elif format is Format.csv:

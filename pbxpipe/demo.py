@@ -6,6 +6,7 @@ import asyncio
 import logging
 import shutil
 import sys
+import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,12 +22,15 @@ from contracts.logs import configure_logging
 from contracts.profile import DEFAULT_PROFILE
 from contracts.records import CallRecord
 from pbxpipe.pipeline import LivePipeline, open_store
+from retention.jobs import default_policy, operator_scope
 from store import queries
 from store.clickhouse import ClickHouseStore
+from store.tenancy import Scope, ScopedReader
 
 DEMO_DSN = "chdb:///./data/demo"
 DEMO_TZ = "Europe/Warsaw"
 DEMO_SECRET = "demo-secret"
+DEMO_USER_EXTENSION = "101"
 
 
 async def _play(settings: Settings, calls_total: int, seed: int, console: Console) -> int:
@@ -88,25 +92,26 @@ def _money(rows: list[dict]) -> list[dict]:
     return [{k: queries.money_str(v) if isinstance(v, Decimal) else v for k, v in r.items()} for r in rows]
 
 
-def report(store: ClickHouseStore, console: Console, tz: str = DEMO_TZ) -> None:
+def report(store: ClickHouseStore, scope: Scope, console: Console, tz: str = DEMO_TZ) -> None:
     """A short report read back from ClickHouse."""
-    console.print(_table("Calls by type", queries.calls_by_type(store)))
+    reader = ScopedReader(store)
+    console.print(_table("Calls by type", queries.calls_by_type(reader, scope)))
     console.print(_table(f"Answered vs missed (incoming, by day, {tz})",
-                         queries.answered_vs_missed(store, tz=tz)))
-    missed = queries.missed_not_called_back(store, tz=tz)
+                         queries.answered_vs_missed(reader, scope, tz=tz)))
+    missed = queries.missed_not_called_back(reader, scope, tz=tz)
     console.print(_table(f"Missed calls not yet called back: {len(missed)} numbers",
                          missed[:10], ["number", "missed_calls", "last_missed_local"]))
-    hours = queries.busiest_hour(store, tz=tz)
+    hours = queries.busiest_hour(reader, scope, tz=tz)
     if hours:
         top = hours[0]
         console.print(f"[bold]Busiest hour ({tz}):[/bold] {top['hour']:02d}:00-{top['hour']:02d}:59 "
                       f"with {top['calls']} calls")
-    console.print(_table("Top destinations (outgoing)", queries.top_destinations(store, limit=5)))
+    console.print(_table("Top destinations (outgoing)", queries.top_destinations(reader, scope, limit=5)))
     spend = ["calls", "answered_calls", "billed_s", "cost", "cost_buy", "margin", "currency"]
     console.print(_table("Spend by destination (sell price; buy = carrier)",  # tariffs
-                         _money(queries.spend_by_destination(store, limit=10)),
+                         _money(queries.spend_by_destination(reader, scope, limit=10)),
                          ["destination", "category", *spend]))
-    console.print(_table("Spend by extension", _money(queries.spend_by_extension(store, limit=10)),
+    console.print(_table("Spend by extension", _money(queries.spend_by_extension(reader, scope, limit=10)),
                          ["extension", *spend]))
 
 
@@ -121,11 +126,34 @@ def run_demo(settings: Settings, *, calls_total: int = 300, seed: int = 7) -> No
                   f"(a business day at 1800x); AMI -> enrich -> ClickHouse ({settings.clickhouse_dsn})")
     stored = asyncio.run(_play(settings, calls_total, seed, console))
     console.print(f"{stored} call records stored.\n")
-    report(ClickHouseStore.connect(settings.clickhouse_dsn), console)
+    store = ClickHouseStore.connect(settings.clickhouse_dsn)
+    default = default_policy(settings.retention_call_days, settings.retention_recording_days)
+    report(store, operator_scope(store, default, time.time()), console)
     dsn = settings.clickhouse_dsn
+    admin, user = _demo_keys(store, settings.pbx_id)
+    store.close()
     console.print("\n[bold]Try next:[/bold]")
     for cmd in (f".venv/bin/pbxpipe calls --clickhouse {dsn} --type missed --tz {DEMO_TZ}",
                 f".venv/bin/pbxpipe calls --clickhouse {dsn} --extension 101 --format json",
                 f".venv/bin/pbxpipe calls --clickhouse {dsn} --since 2026-01-01 --format csv",
                 ".venv/bin/pbxpipe tariffs show 0700123456 --at 2026-11-24T10:00"):
         console.print(f"  {cmd}", soft_wrap=True)
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    console.print("\n[bold]The panel API and page on the demo data[/bold] (keys made for the demo):")
+    console.print(f"  .venv/bin/pbxpipe api --clickhouse {dsn}        then open {url}/", soft_wrap=True)
+    console.print(f"  admin key ({settings.pbx_id}):            {admin}", soft_wrap=True)
+    console.print(f"  user key (extension {DEMO_USER_EXTENSION}):  {user}", soft_wrap=True)
+    console.print(f"  curl -H 'Authorization: Bearer {admin}' '{url}/v1/calls?limit=5'", soft_wrap=True)
+    console.print("  docs/api.md has the endpoints; pbxpipe api-keys create makes more keys.")
+
+
+def _demo_keys(store: ClickHouseStore, pbx_id: str) -> tuple[str, str]:
+    """An admin key and a user key for the demo's PBX, and its time zone."""
+    from api.keys import KeyStore
+
+    keys = KeyStore(store)
+    keys.set_tenant(pbx_id, name="Demo company", timezone=DEMO_TZ)
+    _, admin = keys.create_key(pbx_id=pbx_id, role="admin", name="demo admin")
+    _, user = keys.create_key(pbx_id=pbx_id, role="user", extensions=[DEMO_USER_EXTENSION],
+                              name="demo user")
+    return admin, user

@@ -1,24 +1,33 @@
 """The SQL of reconciliation and re-derivation: pure builders from fixed fragments, values only as
-server-side parameters. Every read of calls names its PBX (``pbx_id``), the operator-scope guard
-this module is kept small for."""
+server-side parameters. Reads of the tenant tables (calls, call legs) go through the tenant guard
+(``store.tenancy.select``) in the operator's scope of one PBX; the shadow tables of a run and the
+mutations that replace rows name the PBX themselves."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from store.queries import CALL_FIELDS, TIME_FIELDS, Query
+from store.queries import CALL_FIELDS, select_columns
 from store.schema import CALL_LEGS, REDERIVED_CALLS, REDERIVED_LEGS, Table
+from store.tenancy import Scope, ScopedQuery, compose, select
 
-_CALL_COLUMNS = ", ".join(
-    f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
-    for c in CALL_FIELDS
-)
-"""Every CallRecord field, times as ``<name>_ms`` (store.queries.record_from_row reads them)."""
-_LEG_COLUMNS = ", ".join(
-    f"toUnixTimestamp64Milli(`{c}`) AS `{c}_ms`" if c in TIME_FIELDS else f"`{c}`"
-    for c in CALL_LEGS.struct.__struct_fields__
-)
+LEG_FIELDS = CALL_LEGS.struct.__struct_fields__
+
+
+class Statement(NamedTuple):
+    """SQL over a run's shadow tables, or a mutation: not a read of tenant data."""
+
+    sql: str
+    parameters: dict[str, Any]
+
+
+def scope_of(pbx_id: str) -> Scope:
+    """What reconciliation reads: one PBX's stored calls, expired or not (it compares what is
+    stored; retention is not its concern)."""
+    if not pbx_id:
+        raise ValueError("reconciliation reads one PBX: its pbx_id is needed")
+    return Scope.operator(tenant=pbx_id)
 
 
 def _ms(t: float) -> int:
@@ -26,81 +35,78 @@ def _ms(t: float) -> int:
     return round(t * 1000)
 
 
-def _require(pbx_id: str) -> dict[str, Any]:
-    if not pbx_id:
-        raise ValueError("a query of calls needs its pbx_id")
-    return {"pbx_id": pbx_id}
+def _started(since: float, until: float) -> tuple[list[str], dict[str, Any]]:
+    return (["start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')",
+             "start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')"],
+            {"since_ms": _ms(since), "until_ms": _ms(until)})
 
 
 def stored_calls_query(pbx_id: str, since: float, until: float, *,
-                       after: tuple[int, str] | None = None, limit: int = 5_000) -> Query:
+                       after: tuple[int, str] | None = None, limit: int = 5_000) -> ScopedQuery:
     """The PBX's calls that started in [since, until), oldest first, a page after ``after``
     (start ms, call id). FINAL collapses a call's versions; a call stored under two sorting keys
     (its start moved to another day) comes back twice, as reconciliation wants to see."""
-    params = {**_require(pbx_id), "since_ms": _ms(since), "until_ms": _ms(until), "limit": limit}
-    conds = ["pbx_id = {pbx_id:String}",
-             "start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')",
-             "start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')"]
+    conds, params = _started(since, until)
     if after is not None:
         conds.append("(start, call_id) > (fromUnixTimestamp64Milli({after_ms:Int64}, 'UTC'), "
                      "{after_id:String})")
         params["after_ms"], params["after_id"] = after
-    return Query(f"SELECT {_CALL_COLUMNS} FROM calls FINAL WHERE {' AND '.join(conds)} "
-                 "ORDER BY start, call_id LIMIT {limit:UInt32}", params)
+    params["limit"] = limit
+    return select(scope_of(pbx_id), "calls", select_columns(CALL_FIELDS), where=conds,
+                  parameters=params, order_by="start, call_id", limit="{limit:UInt32}")
 
 
-def calls_by_id_query(pbx_id: str, call_ids: Sequence[str]) -> Query:
+def calls_by_id_query(pbx_id: str, call_ids: Sequence[str]) -> ScopedQuery:
     """The stored rows of these calls of the PBX (every row under FINAL: a call stored under two
     sorting keys comes back twice)."""
-    return Query(f"SELECT {_CALL_COLUMNS} FROM calls FINAL WHERE pbx_id = {{pbx_id:String}} "
-                 "AND call_id IN {ids:Array(String)} ORDER BY call_id, version",
-                 {**_require(pbx_id), "ids": list(call_ids)})
+    return select(scope_of(pbx_id), "calls", select_columns(CALL_FIELDS), call_ids=call_ids,
+                  order_by="call_id, version")
 
 
-def shadow_page_query(run_id: str, *, after: str = "", limit: int = 5_000) -> Query:
-    """A page of one re-derivation run's calls, by call id after ``after``."""
-    return Query(f"SELECT {_CALL_COLUMNS} FROM {REDERIVED_CALLS.name} FINAL "
-                 "WHERE run_id = {run_id:String} AND call_id > {after:String} "
-                 "ORDER BY call_id LIMIT {limit:UInt32}",
-                 {"run_id": run_id, "after": after, "limit": limit})
+def stored_legs_query(pbx_id: str, call_ids: Sequence[str]) -> ScopedQuery:
+    """The stored legs of these calls of the PBX, under FINAL."""
+    return select(scope_of(pbx_id), "call_legs", select_columns(LEG_FIELDS), call_ids=call_ids,
+                  order_by="call_id, leg_id")
 
 
-def shadow_legs_query(run_id: str, call_ids: Sequence[str]) -> Query:
-    """The legs of these calls in one re-derivation run."""
-    return Query(f"SELECT {_LEG_COLUMNS} FROM {REDERIVED_LEGS.name} FINAL WHERE run_id = "
-                 "{run_id:String} AND call_id IN {ids:Array(String)} ORDER BY call_id, leg_id",
-                 {"run_id": run_id, "ids": list(call_ids)})
-
-
-def gone_query(run_id: str, pbx_id: str, since: float, until: float, limit: int = 20) -> Query:
+def gone_query(run_id: str, pbx_id: str, since: float, until: float, limit: int = 20) -> ScopedQuery:
     """Stored calls of the PBX in [since, until) that the run did not derive again: how many,
     and the first few."""
-    params = {**_require(pbx_id), "run_id": run_id, "since_ms": _ms(since),
-              "until_ms": _ms(until), "limit": limit}
-    return Query(
-        "SELECT count() AS calls, arraySlice(groupArray(call_id), 1, {limit:UInt32}) AS first "
-        "FROM (SELECT call_id FROM calls FINAL WHERE pbx_id = {pbx_id:String} "
-        "AND start >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-        "AND start < fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC') "
-        f"AND call_id NOT IN (SELECT call_id FROM {REDERIVED_CALLS.name} "
-        "WHERE run_id = {run_id:String}) ORDER BY start, call_id)", params)
+    conds, params = _started(since, until)
+    conds.append(f"call_id NOT IN (SELECT call_id FROM {REDERIVED_CALLS.name} "
+                 "WHERE run_id = {run_id:String})")
+    params["run_id"] = run_id
+    scope = scope_of(pbx_id)
+    stored = select(scope, "calls", "call_id", where=conds, parameters=params,
+                    order_by="start, call_id")
+    return compose(scope, "SELECT count() AS calls, arraySlice(groupArray(call_id), 1, "
+                          "{first:UInt32}) AS first FROM (${stored})", {"stored": stored},
+                   {"first": limit})
 
 
-def stored_legs_query(pbx_id: str, call_ids: Sequence[str]) -> Query:
-    """The stored legs of these calls of the PBX, under FINAL."""
-    return Query(f"SELECT {_LEG_COLUMNS} FROM call_legs FINAL WHERE pbx_id = {{pbx_id:String}} "
-                 "AND call_id IN {ids:Array(String)} ORDER BY call_id, leg_id",
-                 {**_require(pbx_id), "ids": list(call_ids)})
+def shadow_page_query(run_id: str, *, after: str = "", limit: int = 5_000) -> Statement:
+    """A page of one re-derivation run's calls, by call id after ``after``."""
+    return Statement(f"SELECT {select_columns(CALL_FIELDS)} FROM {REDERIVED_CALLS.name} FINAL "
+                     "WHERE run_id = {run_id:String} AND call_id > {after:String} "
+                     "ORDER BY call_id LIMIT {limit:UInt32}",
+                     {"run_id": run_id, "after": after, "limit": limit})
+
+
+def shadow_legs_query(run_id: str, call_ids: Sequence[str]) -> Statement:
+    """The legs of these calls in one re-derivation run."""
+    return Statement(f"SELECT {select_columns(LEG_FIELDS)} FROM {REDERIVED_LEGS.name} FINAL "
+                     "WHERE run_id = {run_id:String} AND call_id IN {ids:Array(String)} "
+                     "ORDER BY call_id, leg_id", {"run_id": run_id, "ids": list(call_ids)})
 
 
 def delete_rows_query(table: Table, pbx_id: str, call_ids: Sequence[str], *,
                       start_ms: Sequence[int] = (), versions: Sequence[int] = (),
-                      keep_legs: Sequence[tuple[str, int]] = ()) -> Query:
+                      keep_legs: Sequence[tuple[str, int]] = ()) -> Statement:
     """The DELETE (a mutation) of rows a re-derivation replaced: call rows that the new versions
     do not replace under FINAL (``call_ids`` pairwise with their old ``start_ms`` and
     ``versions``: another day, another sorting key), or the legs of ``call_ids`` other than
     ``keep_legs`` (leg id, version)."""
-    params: dict[str, Any] = {**_require(pbx_id), "ids": list(call_ids)}
+    params: dict[str, Any] = {"pbx_id": scope_of(pbx_id).tenant, "ids": list(call_ids)}
     if table.name == "calls":
         params["starts"], params["versions"] = list(start_ms), list(versions)
         cond = ("has(arrayZip({ids:Array(String)}, {starts:Array(Int64)}, {versions:Array(UInt64)}),"
@@ -112,5 +118,5 @@ def delete_rows_query(table: Table, pbx_id: str, call_ids: Sequence[str], *,
                 "{keep_versions:Array(UInt64)}), (leg_id, version))")
     else:
         raise ValueError(f"no rows of {table.name} are replaced by a re-derivation")
-    return Query(f"ALTER TABLE {table.name} DELETE WHERE pbx_id = {{pbx_id:String}} AND {cond}",
-                 params)
+    return Statement(f"ALTER TABLE {table.name} DELETE WHERE pbx_id = {{pbx_id:String}} AND {cond}",
+                     params)

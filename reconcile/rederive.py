@@ -27,10 +27,12 @@ from contracts import metrics
 from contracts.envelope import Envelope
 from contracts.records import CallLeg, CallRecord, Output
 from reconcile import queries
+from reconcile.queries import Statement
 from store.clickhouse import ClickHouseStore
-from store.queries import Query, record_from_row
+from store.queries import record_from_row
 from store.schema import CALL_LEGS, CALLS, REDERIVED_CALLS, REDERIVED_LEGS, batch_token
 from store.tariffs import RATING_REVISION_SHIFT
+from store.tenancy import ScopedQuery
 
 log = structlog.get_logger("reconcile.rederive")
 
@@ -179,7 +181,7 @@ def _pages(store: ClickHouseStore, run_id: str, page: int) -> Iterator[list[Call
         after = rows[-1]["call_id"]
 
 
-def _legs(store: ClickHouseStore, q: Query) -> dict[str, list[CallLeg]]:
+def _legs(store: ClickHouseStore, q: Statement | ScopedQuery) -> dict[str, list[CallLeg]]:
     out: dict[str, list[CallLeg]] = {}
     for row in store.query(q.sql, q.parameters):
         fields = {}

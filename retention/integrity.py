@@ -14,6 +14,7 @@ from retention.export import MANIFEST
 from retention.signing import SIGNATURE_SUFFIX, check_signature, key_id
 from store.clickhouse import ClickHouseStore
 from store.objects import ObjectStore, sha256_file
+from store.tenancy import Scope, select
 
 SIGNATURE = MANIFEST + SIGNATURE_SUFFIX
 
@@ -111,8 +112,9 @@ def verify_export(files: ExportFiles, public: Ed25519PublicKey) -> list[Check]:
 def verify_recording(store: ClickHouseStore, objects: ObjectStore, call_id: str) -> list[Check]:
     """Each recording of the call re-hashed from the object store against the SHA-256 and size
     the ``recordings`` table took at upload."""
-    rows = store.query("SELECT key, sha256, size_bytes FROM recordings FINAL "
-                       "WHERE call_id = {c:String} ORDER BY key", {"c": call_id})
+    q = select(Scope.operator(), "recordings", "key, sha256, size_bytes", call_ids=[call_id],
+               order_by="key")
+    rows = store.query(q.sql, q.parameters)
     if not rows:
         return [Check(call_id, False, "no recording of this call is stored")]
     out = []

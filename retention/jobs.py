@@ -24,6 +24,7 @@ from retention.erasure import (
 )
 from retention.policies import (
     Policy,
+    cutoffs,
     lifecycle_rules,
     make_policy,
     ttl_clause,
@@ -32,6 +33,7 @@ from retention.policies import (
 from retention.recordings import HELD_PREFIX
 from store.clickhouse import ClickHouseStore
 from store.objects import LocalObjectStore, ObjectStore
+from store.tenancy import Scope
 
 log = structlog.get_logger("retention.jobs")
 
@@ -52,6 +54,13 @@ def load_policies(store: ClickHouseStore) -> dict[str, Policy]:
     rows = store.query("SELECT customer, call_days, recording_days FROM retention_policies FINAL")
     return {r["customer"]: Policy(customer=r["customer"], call_days=int(r["call_days"]),
                                   recording_days=int(r["recording_days"])) for r in rows}
+
+
+def operator_scope(store: ClickHouseStore, default: Policy, now: float,
+                   tenant: str | None = None) -> Scope:
+    """What the operator's commands read: one tenant or all, without the calls past retention."""
+    own, rest = cutoffs(load_policies(store), default, now)
+    return Scope.operator(tenant=tenant, cutoffs=own, default_cutoff_ms=rest)
 
 
 def set_policy(store: ClickHouseStore, policy: Policy, now: float) -> None:

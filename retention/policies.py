@@ -121,6 +121,17 @@ def months_due_for_export(present: list[tuple[str, str]], exported: set[tuple[st
     return due
 
 
+DAY_MS = 86_400_000
+
+
+def cutoffs(policies: dict[str, Policy], default: Policy, now_s: float) -> tuple[dict[str, int], int]:
+    """Epoch ms before which each customer's calls have expired (customers with their own policy),
+    and the cutoff of everyone else: what no read may return from the day the calls expire."""
+    now_ms = round(now_s * 1000)
+    own = {c: now_ms - p.call_days * DAY_MS for c, p in policies.items() if c}
+    return own, now_ms - default.call_days * DAY_MS
+
+
 def retention_window_start(now: datetime, days: int) -> date:
     """The oldest day whose calls a policy of ``days`` must still keep (for status output)."""
     return (now - timedelta(days=days)).date()

@@ -43,6 +43,7 @@ from store.schema import (
     Migration,
     Table,
     load_migrations,
+    is_access_statement,
     pending,
     quarantine_id,
 )
@@ -137,6 +138,7 @@ class ClickHouseStore:
     def __init__(self, client: Client, *, dsn: str, retry: RetryPolicy = RetryPolicy()) -> None:
         self._client = client
         self.dsn = redact_dsn(dsn)
+        self.embedded = dsn.startswith("chdb:")  # chDB in this process, not a server
         self.retry = retry
         self._types: dict[str, list[str]] = {}
 
@@ -211,6 +213,8 @@ class ClickHouseStore:
         done = pending(load_migrations(), applied)
         for mig in done:
             for statement in mig.statements:
+                if self.embedded and is_access_statement(statement):
+                    continue  # chDB has no users or row policies (store/tenancy.py is the wall)
                 self._command(statement)
             self._command(
                 "INSERT INTO schema_migrations (version, name, applied_at) "
@@ -335,14 +339,16 @@ class ClickHouseStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT with server-side parameters (``{name:Type}`` in ``sql``); one dict per row.
 
         DateTime64 values come back as timezone-aware UTC datetimes.
         """
 
         def run() -> list[dict[str, Any]]:
-            result = self._client.query(sql, parameters=dict(parameters or {}))
+            result = self._client.query(sql, parameters=dict(parameters or {}),
+                                        settings=dict(settings or {}))
             return list(result.named_results())
 
         return _retrying(self.retry, run, what=f"query at {self.dsn}", table="")
@@ -364,6 +370,26 @@ class ClickHouseStore:
             return self._client.query_arrow_stream(sql, parameters=dict(parameters or {}))
         except Exception as e:
             raise StoreError(f"query at {self.dsn} failed: {describe(e)}") from e
+
+    def raw_stream(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None, fmt: str = "CSV") -> Any:
+        """The result in ClickHouse's own ``fmt`` as a file-like byte stream, read as the server
+        (or chDB, for block-wise formats such as CSV) produces it. Not retried."""
+        try:
+            return self._client.raw_stream(sql, parameters=dict(parameters or {}),
+                                           settings=dict(settings or {}) or None, fmt=fmt)
+        except Exception as e:
+            raise StoreError(f"query at {self.dsn} failed: {describe(e)}") from e
+
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None,
+                    settings: Mapping[str, Any] | None = None) -> pa.Table:
+        """A SELECT's result as one Arrow table (retried like every query)."""
+
+        def run() -> pa.Table:
+            return self._client.query_arrow(sql, parameters=dict(parameters or {}),
+                                            settings=dict(settings or {}))
+
+        return _retrying(self.retry, run, what=f"query at {self.dsn}", table="")
 
     def _command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         def run() -> None:

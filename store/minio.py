@@ -37,6 +37,7 @@ class MinioObjectStore:
         self.sse = SseS3() if sse else None
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.location = f"s3://{bucket}"
+        self.links = True
         self._lock: bool | None = None
         if create:
             try:
@@ -164,11 +165,22 @@ class MinioObjectStore:
         except S3Error as e:
             raise self._fail(f"list {prefix}", e) from e
 
-    def presigned_url(self, key: str, ttl_s: int) -> str:
+    def presigned_url(self, key: str, ttl_s: int, *, download_name: str | None = None) -> str:
         if self.stat(key) is None:
             raise ObjectStoreError(f"no object {key!r} in {self.location}")
+        headers: dict[str, str | list[str] | tuple[str]] | None = None
+        if download_name is not None:
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in download_name)
+            headers = {"response-content-disposition": f'attachment; filename="{safe}"'}
         return self.client.presigned_get_object(self.bucket, key,
-                                                expires=datetime.timedelta(seconds=ttl_s))
+                                                expires=datetime.timedelta(seconds=ttl_s),
+                                                response_headers=headers)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.client.get_object(self.bucket, key)  # type: ignore[return-value]
+        except S3Error as e:
+            raise self._fail(f"get {key}", e) from e
 
     def set_lifecycle(self, rules: list[LifecycleRule]) -> None:
         try:

@@ -45,6 +45,7 @@ class ObjectStore(Protocol):
     """Where recordings and exports live."""
 
     location: str  # for logs and manifests: "s3://bucket" or "dir:///path"
+    links: bool  # presigned_url gives a link any browser can follow (S3), not a local file's
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
             metadata: dict[str, str], retain_until: float | None = None) -> None:
@@ -58,6 +59,10 @@ class ObjectStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes: ...
+
+    def open(self, key: str) -> BinaryIO:
+        """The object's bytes as a file to read (and, for a directory, to seek)."""
+        ...
 
     def checksum(self, key: str) -> tuple[str, int] | None:
         """SHA-256 (hex) and size of the stored bytes, read in chunks; None when absent."""
@@ -73,8 +78,9 @@ class ObjectStore(Protocol):
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def presigned_url(self, key: str, ttl_s: int) -> str:
-        """A link that reads the object without credentials until it expires."""
+    def presigned_url(self, key: str, ttl_s: int, *, download_name: str | None = None) -> str:
+        """A link that reads the object without credentials until it expires; with
+        ``download_name`` the answer asks the browser to save it under that name."""
         ...
 
     def set_lifecycle(self, rules: list[LifecycleRule]) -> None:
@@ -105,6 +111,7 @@ class LocalObjectStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.location = f"dir://{self.root}"
+        self.links = False
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -169,6 +176,12 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
 
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
+
     def checksum(self, key: str) -> tuple[str, int] | None:
         try:
             return sha256_file(self._path(key))
@@ -203,7 +216,7 @@ class LocalObjectStore:
                     if info is not None:
                         yield info
 
-    def presigned_url(self, key: str, ttl_s: int) -> str:
+    def presigned_url(self, key: str, ttl_s: int, *, download_name: str | None = None) -> str:
         path = self._path(key)
         if not path.exists():
             raise ObjectStoreError(f"no object {key!r} in {self.location}")

@@ -15,6 +15,7 @@ from importlib import resources
 
 import msgspec
 
+from contracts.access import AccessGroup, ApiKey, RecordingAccess, Tenant
 from contracts.reconcile import ReconcileRun
 from contracts.records import CallLeg, CallRecord, Quarantined
 from contracts.tariffs import TariffAlert, TariffRow
@@ -44,9 +45,10 @@ class Table:
         return self.insert_columns + self.materialized
 
 
-CALLS = Table("calls", CallRecord, materialized=("parties",))
+CALLS = Table("calls", CallRecord, materialized=("parties", "numbers"))
 """``parties``: every extension or number in the call (caller, called, first/last_answered_by,
-extensions_rang), one bloom-filtered array for the call-history ``extension`` filter."""
+extensions_rang), one bloom-filtered array for the call-history ``extension`` filter;
+``numbers``: the keys of caller and called (store.queries.number_key), for the ``number`` filter."""
 
 CALL_LEGS = Table("call_legs", CallLeg)
 
@@ -58,6 +60,13 @@ TABLES = (CALLS, CALL_LEGS, QUARANTINE)
 # tariffs (migration 0002)
 TARIFFS = Table("tariffs", TariffRow)
 TARIFF_ALERTS = Table("tariff_alerts", TariffAlert)
+
+# the panel API (migration 0004)
+API_KEYS = Table("api_keys", ApiKey)
+API_GROUPS = Table("api_groups", AccessGroup)
+TENANTS = Table("tenants", Tenant)
+RECORDING_ACCESS = Table("recording_access", RecordingAccess)
+PANEL_TABLES = (API_KEYS, API_GROUPS, TENANTS, RECORDING_ACCESS)
 
 # reconcile (migration 0007)
 RECONCILE_RUNS = Table("reconcile_runs", ReconcileRun)
@@ -121,6 +130,17 @@ def split_statements(sql: str) -> tuple[str, ...]:
     """
     text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
     return tuple(s.strip() for s in _STATEMENT_END_RE.split(text) if s.strip())
+
+
+_ACCESS_STATEMENT = re.compile(
+    r"^\s*(?:(?:CREATE|ALTER|DROP)\s+(?:ROLE|ROW\s+POLICY|POLICY|USER|SETTINGS\s+PROFILE|QUOTA)\b"
+    r"|GRANT\b|REVOKE\b)", re.IGNORECASE)
+
+
+def is_access_statement(statement: str) -> bool:
+    """Whether a migration statement manages users, roles or row policies: a ClickHouse server
+    applies it; chDB, which has no users, passes over it."""
+    return bool(_ACCESS_STATEMENT.match(statement))
 
 
 def load_migrations() -> list[Migration]:

@@ -20,6 +20,7 @@ from contracts.tariffs import Rating, TariffRow
 from store import queries
 from store.clickhouse import ClickHouseStore
 from store.schema import TARIFFS, batch_token
+from store.tenancy import Scope
 
 log = structlog.get_logger("store.tariffs")
 
@@ -95,12 +96,13 @@ def rerate(store: ClickHouseStore, rate: Callable[[CallRecord], CallRecord], *, 
     price list nothing changes the second time. ``plan``: only calls on that plan, before or after.
     ``progress(done, total)`` is called after each page."""
     report = RerateReport()
-    q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz, count=True)
+    scope = Scope.operator(tenant=pbx_id)  # re-rating reads every stored call, expired or not
+    q = queries.outbound_calls_query(scope, since=since, until=until, tz=tz, count=True)
     total = int(store.query(q.sql, q.parameters)[0]["calls"])
     after: tuple[int, str] | None = None
     done = 0
     while True:
-        q = queries.outbound_calls_query(since=since, until=until, pbx_id=pbx_id, tz=tz,
+        q = queries.outbound_calls_query(scope, since=since, until=until, tz=tz,
                                          after=after, limit=page)
         rows = store.query(q.sql, q.parameters)
         if not rows:

@@ -44,17 +44,17 @@ def test_the_schema_rejects_what_compose_would_reject(compose):
 
 
 def test_every_part_is_there(compose):
-    """Kafka, ClickHouse, MinIO (and its bucket setup), Prometheus, Grafana, and the pipeline's
-    ingest, enrich, store, recordings and retention jobs; long-running services restart and are
-    health-checked."""
+    """Kafka, ClickHouse, MinIO (and its bucket setup), Prometheus, Alertmanager, Grafana, the
+    pipeline's ingest, enrich, store, recordings and retention jobs, and the panel's API;
+    long-running services restart and are health-checked."""
     services = compose["services"]
-    assert {"kafka", "clickhouse", "minio", "minio-setup", "prometheus", "grafana", "ingest-pbx1",
-            "enrich", "store", "recordings-pbx1", "retention-apply", "export-due",
-            "reconcile-pbx1"} <= set(services)
+    assert {"kafka", "clickhouse", "minio", "minio-setup", "prometheus", "alertmanager", "grafana",
+            "ingest-pbx1", "enrich", "store", "recordings-pbx1", "retention-apply", "export-due",
+            "api", "reconcile-pbx1"} <= set(services)
     commands = {n: s["command"][0] for n, s in pipeline_services(compose).items()}
     assert commands == {"ingest-pbx1": "ingest", "enrich": "enrich", "store": "store",
                         "recordings-pbx1": "recordings", "retention-apply": "every",
-                        "export-due": "every", "reconcile-pbx1": "every"}
+                        "export-due": "every", "api": "api", "reconcile-pbx1": "every"}
     for name, s in services.items():
         if name == "minio-setup":
             continue
@@ -103,12 +103,17 @@ def test_the_recordings_service_reads_the_pbx_spool_and_writes_to_minio(compose)
 
 
 def test_secrets_come_from_the_environment_not_the_file(compose):
-    """Passwords and the AMI secret are ${VAR:?} references, never literals."""
+    """Passwords and the AMI secret are ${VAR:?…} references (required), or ${VAR:-} for an
+    optional one (the SMTP password): never a literal, never a default value."""
     text = (ROOT / "compose.yaml").read_text()
+    secrets = 0
     for line in text.splitlines():
         m = re.match(r"\s*([A-Z_]*(PASSWORD|SECRET)[A-Z_]*):\s*(\S+)", line)
         if m:
-            assert m.group(3).startswith("${") and ":?" in m.group(3), line
+            secrets += 1
+            value = m.group(3)
+            assert value.startswith("${") and (":?" in value or value.endswith(":-}")), line
+    assert secrets >= 7
 
 
 def test_prometheus_scrapes_every_pipeline_service(compose):
@@ -126,6 +131,6 @@ def test_the_image_runs_pbxpipe_and_checks_its_health():
     assert 'ENTRYPOINT ["pbxpipe"]' in docker
     assert re.search(r"^USER pbxpipe$", docker, re.MULTILINE)
     assert "EXPOSE 9108" in docker and "/healthz" in docker
-    packages = re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.DOTALL).group(1)
     for package in re.findall(r'"(\w+)"', packages):
         assert f"COPY {package} {package}" in docker, package

@@ -112,6 +112,7 @@ QUERY_SCRIPT = textwrap.dedent("""
     configure_logging("json")  # logs to stderr; stdout carries the answer
     from store.clickhouse import ClickHouseStore
     from store import queries
+    from store.tenancy import Scope, ScopedReader
     job = json.load(sys.stdin)
     store = ClickHouseStore.connect(job["dsn"])
     # the tariffs' columns (migration 0002) get values as `pbxpipe rerate` would set them
@@ -127,9 +128,12 @@ QUERY_SCRIPT = textwrap.dedent("""
             out["sql"].append({"rows": store.query(sql)})
         except Exception as e:
             out["sql"].append({"error": str(e)[:2000], "query": sql})
+    reader = ScopedReader(store)
     for kw in job["history"]:
-        out["history"].append([r["call_id"] for r in queries.call_history(store, **kw)])
-    out["callback"] = queries.missed_not_called_back(store, since=job["cb_from"], until=job["cb_to"])
+        scope = Scope.operator(tenant=kw.pop("pbx_id", None))
+        out["history"].append([r["call_id"] for r in queries.call_history(reader, scope, **kw)])
+    out["callback"] = queries.missed_not_called_back(reader, Scope.operator(), since=job["cb_from"],
+                                                     until=job["cb_to"])
     json.dump(out, sys.stdout, default=str)
 """)
 

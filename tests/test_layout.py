@@ -31,6 +31,7 @@ LAYERS: dict[str, set[str]] = {
     "retention": {"contracts", "store"},  # policies and jobs over what the store holds
     "reconcile": {"contracts", "store", "ingest", "kafkaio"},  # Asterisk's records vs the store; raw frames read as ingest writes them
     "simulator": {"contracts"},  # a fake Asterisk: it knows the pipeline by its contracts only
+    "api": {"contracts", "store", "retention"},  # the panel's HTTP service over what the store holds
     "pbxpipe": {ANY},  # the composition root: the CLI wires everything
     "bench": {ANY},  # benchmarks measure everything; nothing else imports them
 }
@@ -39,8 +40,8 @@ BENCHMARKS = "bench"
 PURE_CORES = (
     "enrich.calls", "enrich.events", "enrich.partition", "enrich.tariffs", "enrich.spend",
     "enrich.rating", "store.queries", "store.schema", "retention.recordings",
-    "retention.policies", "ingest.framing", "ingest.routing", "reconcile.asterisk",
-    "reconcile.compare", "reconcile.queries",
+    "retention.policies", "ingest.framing", "ingest.routing", "store.tenancy", "api.access",
+    "api.params", "api.panel.charts", "reconcile.asterisk", "reconcile.compare", "reconcile.queries",
 )
 """Domain logic: typed values in, typed values out. Reading a local file (a price list, the
 migrations) is allowed; talking to a network, a server or an event loop is not."""

@@ -21,6 +21,7 @@ from contracts.metrics import REGISTRY
 from contracts.records import CallLeg, CallRecord, Quarantined
 from store.clickhouse import ClickHouseStore, RetryPolicy, chdb_path
 from store.queries import call_history
+from store.tenancy import Scope, ScopedReader
 from store.schema import batch_token, quarantine_id
 
 FAST = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.02, connect_timeout_s=1)
@@ -121,9 +122,9 @@ def test_highest_version_wins_whatever_the_arrival_order(store: ClickHouseStore,
     first, second = (old, new) if order == "old_first" else (new, old)
     store.write_calls([first], f"tok-{pbx}-1")
     store.write_calls([second], f"tok-{pbx}-2")
-    [row] = call_history(store, pbx_id=pbx)
+    [row] = call_history(ScopedReader(store), Scope.tenant_wide(pbx))
     assert (row["status"], row["version"]) == ("answered", 9)
-    assert call_history(store, pbx_id=pbx, call_type="missed") == []
+    assert call_history(ScopedReader(store), Scope.tenant_wide(pbx), call_type="missed") == []
 
 
 @pytest.mark.integration
@@ -186,7 +187,7 @@ def test_call_record_round_trips(store: ClickHouseStore) -> None:
              incomplete=True, hangup_cause=0),
     ]
     store.write_calls(records, "tok-rt")
-    rows = call_history(store, pbx_id="rt")
+    rows = call_history(ScopedReader(store), Scope.tenant_wide("rt"))
     back = [msgspec.convert({f: r[f] for f in CallRecord.__struct_fields__}, CallRecord) for r in rows]
     assert back == records[::-1]  # newest first
     assert rows[1]["caller_name"] == "Łukasz Żółć"

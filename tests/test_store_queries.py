@@ -29,6 +29,14 @@ import pytest
 from contracts.records import CallRecord
 from store import queries as q
 from store.clickhouse import ClickHouseStore, RetryPolicy
+from store.tenancy import Scope, ScopedReader
+
+ALL = Scope.operator()
+P1, P2 = Scope.tenant_wide("pbx1"), Scope.tenant_wide("pbx2")
+
+
+def reader(store: ClickHouseStore) -> ScopedReader:
+    return ScopedReader(store)
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC).timestamp()
 WARSAW = "Europe/Warsaw"
@@ -93,15 +101,15 @@ def ids(rows: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.integration
 def test_all_calls_newest_first_each_once(store: ClickHouseStore) -> None:
     """Replayed versions collapse (c02, c04 once; c02 at its latest version), newest first."""
-    rows = q.call_history(store)
+    rows = q.call_history(reader(store), ALL)
     assert ids(rows) == ["c12", "c11", "c10", "c09", "c08", "c07", "c06", "c05", "c04", "c03", "c02", "x01", "c01"]
     assert next(r for r in rows if r["linkedid"] == "c02")["version"] == 5
 
 
 @pytest.mark.integration
 def test_pbx_and_limit(store: ClickHouseStore) -> None:
-    assert ids(q.call_history(store, pbx_id="pbx2")) == ["x01"]
-    assert ids(q.call_history(store, pbx_id="pbx1", limit=2)) == ["c12", "c11"]
+    assert ids(q.call_history(reader(store), P2)) == ["x01"]
+    assert ids(q.call_history(reader(store), P1, limit=2)) == ["c12", "c11"]
 
 
 @pytest.mark.integration
@@ -116,7 +124,7 @@ def test_pbx_and_limit(store: ClickHouseStore) -> None:
 )
 def test_call_type(store: ClickHouseStore, call_type: q.CallType, expected: list[str]) -> None:
     """incoming/outgoing/internal follow the direction; missed is status missed."""
-    assert ids(q.call_history(store, pbx_id="pbx1", call_type=call_type)) == expected
+    assert ids(q.call_history(reader(store), P1, call_type=call_type)) == expected
 
 
 @pytest.mark.integration
@@ -130,7 +138,7 @@ def test_call_type(store: ClickHouseStore, call_type: q.CallType, expected: list
 )
 def test_extension(store: ClickHouseStore, extension: str, expected: list[str]) -> None:
     """An extension matches the calls it placed, was dialled at, rang on or answered."""
-    assert ids(q.call_history(store, pbx_id="pbx1", extension=extension)) == expected
+    assert ids(q.call_history(reader(store), P1, extension=extension)) == expected
 
 
 @pytest.mark.integration
@@ -146,40 +154,40 @@ def test_extension(store: ClickHouseStore, extension: str, expected: list[str]) 
 def test_number_matches_digits_of_caller_or_called(
     store: ClickHouseStore, number: str, expected: list[str]
 ) -> None:
-    assert ids(q.call_history(store, pbx_id="pbx1", number=number)) == expected
+    assert ids(q.call_history(reader(store), P1, number=number)) == expected
 
 
 @pytest.mark.integration
 def test_status(store: ClickHouseStore) -> None:
-    assert ids(q.call_history(store, status="busy")) == ["c10"]
-    assert ids(q.call_history(store, status="no_answer")) == ["c03"]
+    assert ids(q.call_history(reader(store), ALL, status="busy")) == ["c10"]
+    assert ids(q.call_history(reader(store), ALL, status="no_answer")) == ["c03"]
 
 
 @pytest.mark.integration
 def test_time_range_in_a_time_zone(store: ClickHouseStore) -> None:
     """Naive datetimes and dates are read in tz; since is inclusive, until exclusive."""
     # Warsaw 25 Nov starts at 23:00 UTC on the 24th: only c12 (23:30 UTC)
-    assert ids(q.call_history(store, since=date(2026, 11, 25), tz=WARSAW)) == ["c12"]
-    assert ids(q.call_history(store, since=date(2026, 11, 25), tz="UTC")) == []
+    assert ids(q.call_history(reader(store), ALL, since=date(2026, 11, 25), tz=WARSAW)) == ["c12"]
+    assert ids(q.call_history(reader(store), ALL, since=date(2026, 11, 25), tz="UTC")) == []
     # until 09:10 Warsaw = 08:10 UTC, exclusive: c02 (08:10) is out
-    rows = q.call_history(store, since=datetime(2026, 11, 24, 9, 0), until=datetime(2026, 11, 24, 9, 10), tz=WARSAW)
+    rows = q.call_history(reader(store), ALL, since=datetime(2026, 11, 24, 9, 0), until=datetime(2026, 11, 24, 9, 10), tz=WARSAW)
     assert ids(rows) == ["x01", "c01"]
     # epoch seconds and aware datetimes mean the same whatever tz
-    assert ids(q.call_history(store, since=T0 + 83 * 60, until=datetime(2026, 11, 24, 23, 0, tzinfo=UTC), tz=WARSAW)) == ["c11", "c10"]
+    assert ids(q.call_history(reader(store), ALL, since=T0 + 83 * 60, until=datetime(2026, 11, 24, 23, 0, tzinfo=UTC), tz=WARSAW)) == ["c11", "c10"]
 
 
 @pytest.mark.integration
 def test_times_are_epoch_seconds_with_a_local_iso_start(store: ClickHouseStore) -> None:
-    [c12] = q.call_history(store, call_type="outgoing", status="answered", tz=WARSAW)
+    [c12] = q.call_history(reader(store), ALL, call_type="outgoing", status="answered", tz=WARSAW)
     assert c12["start"] == CALLS[11].start and c12["answer"] == CALLS[11].answer
     assert c12["start_local"] == "2026-11-25T00:30:00.000+01:00"
-    [c10] = q.call_history(store, status="busy")
+    [c10] = q.call_history(reader(store), ALL, status="busy")
     assert c10["answer"] is None and c10["start_local"] == "2026-11-24T09:23:00.000+00:00"
 
 
 @pytest.mark.integration
 def test_filters_combine(store: ClickHouseStore) -> None:
-    rows = q.call_history(store, pbx_id="pbx1", call_type="missed", extension="101", number="601234567",
+    rows = q.call_history(reader(store), P1, call_type="missed", extension="101", number="601234567",
                           since=date(2026, 11, 24), until=date(2026, 11, 25), tz=WARSAW)
     assert ids(rows) == ["c09"]
 
@@ -189,7 +197,7 @@ def test_filters_combine(store: ClickHouseStore) -> None:
 
 @pytest.mark.integration
 def test_calls_by_type(store: ClickHouseStore) -> None:
-    assert q.calls_by_type(store, pbx_id="pbx1") == [
+    assert q.calls_by_type(reader(store), P1) == [
         {"call_type": "incoming", "calls": 8, "answered_calls": 2, "talk_s_total": 120.0},
         {"call_type": "outgoing", "calls": 3, "answered_calls": 1, "talk_s_total": 60.0},
         {"call_type": "internal", "calls": 1, "answered_calls": 1, "talk_s_total": 60.0},
@@ -198,10 +206,10 @@ def test_calls_by_type(store: ClickHouseStore) -> None:
 
 @pytest.mark.integration
 def test_answered_vs_missed_per_local_day(store: ClickHouseStore) -> None:
-    assert q.answered_vs_missed(store, pbx_id="pbx1", tz=WARSAW) == [
+    assert q.answered_vs_missed(reader(store), P1, tz=WARSAW) == [
         {"day": "2026-11-24", "answered_calls": 2, "missed_calls": 6}
     ]
-    assert q.answered_vs_missed(store, tz=WARSAW) == [
+    assert q.answered_vs_missed(reader(store), ALL, tz=WARSAW) == [
         {"day": "2026-11-24", "answered_calls": 2, "missed_calls": 7}
     ]
 
@@ -211,7 +219,7 @@ def test_missed_not_called_back(store: ClickHouseStore) -> None:
     """+44…: missed twice, never called back. +48601234567: c02 was called back (c03, outbound
     to 0601234567, same last 9 digits) but c09 came after. +48512345678: answered later (c07).
     The anonymous c11 cannot be called back."""
-    rows = q.missed_not_called_back(store, pbx_id="pbx1", tz=WARSAW)
+    rows = q.missed_not_called_back(reader(store), P1, tz=WARSAW)
     assert [(r["number"], r["missed_calls"], r["last_call_id"]) for r in rows] == [
         ("+48601234567", 1, "pbx1:c09"),
         ("+442071112222", 2, "pbx1:c05"),
@@ -219,25 +227,25 @@ def test_missed_not_called_back(store: ClickHouseStore) -> None:
     assert rows[0]["last_missed"] == CALLS[8].start
     assert rows[0]["last_missed_local"] == "2026-11-24T10:15:00.000+01:00"
     # restricted to the missed calls of 08:00-09:00 UTC, +48601234567's (c02) was called back
-    early = q.missed_not_called_back(store, pbx_id="pbx1", since=T0, until=T0 + 3600)
+    early = q.missed_not_called_back(reader(store), P1, since=T0, until=T0 + 3600)
     assert [r["number"] for r in early] == ["+442071112222"]
 
 
 @pytest.mark.integration
 def test_busiest_hour_in_a_time_zone(store: ClickHouseStore) -> None:
-    rows = q.busiest_hour(store, WARSAW, pbx_id="pbx1")
+    rows = q.busiest_hour(reader(store), P1, WARSAW)
     assert [(r["hour"], r["calls"]) for r in rows] == [(9, 6), (10, 4), (0, 1), (11, 1)]
     assert rows[0] == {"hour": 9, "calls": 6, "incoming_calls": 5, "outgoing_calls": 1, "missed_calls": 4}
-    assert q.busiest_hour(store, "UTC", pbx_id="pbx1")[0]["hour"] == 8
+    assert q.busiest_hour(reader(store), P1, "UTC")[0]["hour"] == 8
 
 
 @pytest.mark.integration
 def test_top_destinations(store: ClickHouseStore) -> None:
-    assert q.top_destinations(store, pbx_id="pbx1") == [
+    assert q.top_destinations(reader(store), P1) == [
         {"number": "0048221112233", "calls": 2, "answered_calls": 1, "talk_s_total": 60.0},
         {"number": "0601234567", "calls": 1, "answered_calls": 0, "talk_s_total": 0.0},
     ]
-    assert [r["number"] for r in q.top_destinations(store, 1)] == ["0048221112233"]
+    assert [r["number"] for r in q.top_destinations(reader(store), ALL, 1)] == ["0048221112233"]
 
 
 # -- builders (pure) -------------------------------------------------------------------------------
@@ -248,11 +256,11 @@ EVIL = "101' OR 1=1 --"
 def test_user_input_never_reaches_the_sql_text() -> None:
     """Every caller-supplied value is a parameter; the SQL text holds only fixed fragments."""
     built = [
-        q.call_history_query(extension=EVIL, number=EVIL, pbx_id=EVIL, tz="Europe/Warsaw",
+        q.call_history_query(Scope.tenant_wide(EVIL), extension=EVIL, number=EVIL, tz="Europe/Warsaw",
                              since=datetime(2026, 1, 1), until=1.0e9, call_type="missed", status="missed"),
-        q.calls_by_type_query(pbx_id=EVIL), q.answered_vs_missed_query(pbx_id=EVIL, tz=WARSAW),
-        q.missed_not_called_back_query(pbx_id=EVIL), q.busiest_hour_query(WARSAW, pbx_id=EVIL),
-        q.top_destinations_query(5, pbx_id=EVIL),
+        q.calls_by_type_query(Scope.tenant_wide(EVIL)), q.answered_vs_missed_query(Scope.tenant_wide(EVIL), tz=WARSAW),
+        q.missed_not_called_back_query(Scope.tenant_wide(EVIL)), q.busiest_hour_query(Scope.tenant_wide(EVIL), WARSAW),
+        q.top_destinations_query(Scope.tenant_wide(EVIL), 5),
     ]
     for query in built:
         assert EVIL not in query.sql and "1=1" not in query.sql and WARSAW not in query.sql
@@ -267,7 +275,7 @@ def test_user_input_never_reaches_the_sql_text() -> None:
 )
 def test_bad_arguments_are_value_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        q.call_history_query(**kwargs)
+        q.call_history_query(ALL, **kwargs)
 
 
 def test_time_bounds() -> None:
