@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from retention.export import MANIFEST
 from retention.signing import SIGNATURE_SUFFIX, check_signature, key_id
 from store.clickhouse import ClickHouseStore
-from store.objects import ObjectStore, sha256_file
+from store.objects import ObjectStore, object_checksum, sha256_file
 from store.tenancy import Scope, select
 
 SIGNATURE = MANIFEST + SIGNATURE_SUFFIX
@@ -74,7 +74,7 @@ class ObjectFiles:
         return self.objects.get(self.prefix + name)
 
     def checksum(self, name: str) -> tuple[str, int] | None:
-        return self.objects.checksum(self.prefix + name)
+        return object_checksum(self.objects, self.prefix + name)
 
 
 def verify_export(files: ExportFiles, public: Ed25519PublicKey) -> list[Check]:
@@ -119,7 +119,7 @@ def verify_recording(store: ClickHouseStore, objects: ObjectStore, call_id: str)
         return [Check(call_id, False, "no recording of this call is stored")]
     out = []
     for r in rows:
-        got = objects.checksum(r["key"])
+        got = object_checksum(objects, r["key"])
         want = (r["sha256"], int(r["size_bytes"]))
         if got is None:
             out.append(Check(r["key"], False, "missing from the object store"))

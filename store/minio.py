@@ -7,7 +7,6 @@ deleted by anyone (lifecycle rules included) until the hold is released.
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -113,26 +112,6 @@ class MinioObjectStore:
                 resp.release_conn()
         except S3Error as e:
             raise self._fail(f"get {key}", e) from e
-
-    def checksum(self, key: str) -> tuple[str, int] | None:
-        h = hashlib.sha256()
-        size = 0
-        try:
-            resp = self.client.get_object(self.bucket, key)
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
-                return None
-            raise self._fail(f"get {key}", e) from e
-        try:
-            for chunk in resp.stream(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        except (MinioException, OSError) as e:
-            raise self._fail(f"read {key}", e) from e
-        finally:
-            resp.close()
-            resp.release_conn()
-        return h.hexdigest(), size
 
     def copy(self, src: str, dst: str) -> None:
         try:

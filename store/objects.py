@@ -64,10 +64,6 @@ class ObjectStore(Protocol):
         """The object's bytes as a file to read (and, for a directory, to seek)."""
         ...
 
-    def checksum(self, key: str) -> tuple[str, int] | None:
-        """SHA-256 (hex) and size of the stored bytes, read in chunks; None when absent."""
-        ...
-
     def copy(self, src: str, dst: str) -> None: ...
 
     def delete(self, key: str, *, bypass_governance: bool = False) -> None:
@@ -182,12 +178,6 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise ObjectStoreError(f"no object {key!r} in {self.location}") from None
 
-    def checksum(self, key: str) -> tuple[str, int] | None:
-        try:
-            return sha256_file(self._path(key))
-        except FileNotFoundError:
-            return None
-
     def copy(self, src: str, dst: str) -> None:
         s, d = self._path(src), self._path(dst)
         if not s.exists():
@@ -261,10 +251,26 @@ class LocalObjectStore:
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
     """SHA-256 hex digest and size of a file, read in chunks (constant memory)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f, chunk)
+
+
+def sha256_stream(f: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
+    """SHA-256 hex digest and size of what is left to read in ``f``, in chunks."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
+    while block := f.read(chunk):
+        h.update(block)
+        size += len(block)
     return h.hexdigest(), size
+
+
+def object_checksum(objects: ObjectStore, key: str) -> tuple[str, int] | None:
+    """SHA-256 and size of a stored object's bytes, read in chunks; None when it is absent."""
+    if objects.stat(key) is None:
+        return None
+    f = objects.open(key)
+    try:
+        return sha256_stream(f)
+    finally:
+        f.close()

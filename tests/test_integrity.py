@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from retention.signing import check_signature, create_keys, load_private_key, lo
 from retention.sync import RecordingsSync
 from store.minio import MinioObjectStore
 from store.objects import LocalObjectStore
-from tests.net import free_port
+from tests.s3server import serving
 
 PBXPIPE = [sys.executable, "-c", "from pbxpipe.cli import main; main()"]
 
@@ -157,21 +156,8 @@ def test_object_lock_needs_a_store_that_has_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "s3server.py"), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    proc.stdout.close()
+    with serving() as url:
+        yield url
 
 
 @pytest.mark.integration
