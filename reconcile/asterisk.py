@@ -284,11 +284,9 @@ def fold_call(linkedid: str, rows: Sequence[CdrRow], cel: _CallCel | None, profi
 def _answered(answers: dict[str, _Answer], cel: _CallCel | None, channel: str, party: str,
               row_answer: Span, order: int) -> None:
     """A channel answered: at its CEL ANSWER when known, else no earlier than the row says (a
-    row's answer is party A's, which may have come first) and no later than the row's own."""
+    row's answer is party A's, which may have come first); fold_call bounds that by the end."""
     exact = cel.answered.get(channel) if cel is not None else None
-    span = exact if exact is not None else row_answer
-    if exact is None:
-        span = Span(row_answer.lo, float("inf"))  # bounded by the call's end when compared
+    span = exact if exact is not None else Span(row_answer.lo, float("inf"))
     seen = answers.get(channel)
     if seen is None or span.lo < seen.lo:
         answers[channel] = _Answer(span.lo, span.hi, order, party, channel)

@@ -29,7 +29,7 @@ LAYERS: dict[str, set[str]] = {
     "enrich": {"contracts", "kafkaio", "ingest.framing"},  # the raw topic's frames are ingest's format
     "store": {"contracts", "kafkaio"},  # the sinks: records topic -> ClickHouse, and object storage
     "retention": {"contracts", "store"},  # policies and jobs over what the store holds
-    "reconcile": {"contracts", "store", "ingest", "kafkaio"},  # Asterisk's records vs the store; raw frames read as ingest writes them
+    "reconcile": {"contracts", "store", "kafkaio", "ingest.framing", "ingest.capture"},  # Asterisk's records vs the store; raw frames read as ingest writes them
     "simulator": {"contracts"},  # a fake Asterisk: it knows the pipeline by its contracts only
     "api": {"contracts", "store", "retention"},  # the panel's HTTP service over what the store holds
     "pbxpipe": {ANY},  # the composition root: the CLI wires everything
