@@ -1,5 +1,5 @@
 # The pipeline image: every `pbxpipe` process (ingest, enrich, store, recordings, the retention
-# jobs, the panel's API).
+# and reconcile jobs, the panel's API).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -9,6 +9,7 @@ COPY ingest ingest
 COPY enrich enrich
 COPY store store
 COPY retention retention
+COPY reconcile reconcile
 COPY simulator simulator
 COPY pbxpipe pbxpipe
 COPY api api

@@ -117,6 +117,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_jwt_extensions_claim: str = "extensions"  # a user's extensions (a list, or comma-separated)
     api_jwt_group_claim: str = "group"  # a supervisor's group
 
+    # reconcile: the stored calls against the PBX's own CDR and CEL (reconcile/); tamper evidence
+    reconcile_tolerance_s: float = 1.0  # a stored time may differ this much from the CDR's or CEL's (a time written to the second counts as the whole second)
+    reconcile_min_completeness: float = 0.999  # share of the PBX's calls stored exactly below which PbxCallsIncomplete fires
+    reconcile_cdr_fields: str = ""  # the `fields =` line of the cdr_custom files read; empty: cdr_csv's Master.csv
+    reconcile_cel_fields: str = ""  # the `fields =` line of the cel_custom files read; empty: the columns of the sample [mappings] Master.csv
+    export_signing_key: str = ""  # Ed25519 private key (PEM file, `pbxpipe keys create`) that signs every export's manifest; empty: exports are not signed
+    recordings_object_lock: str = ""  # governance: each recording is locked (S3 Object Lock, governance mode) until its retention ends; erasure bypasses the lock; empty: not locked
+
 SECRET_FIELDS = SECRET_FIELDS | {"kafka_sasl_password"}  # kafka
 SECRET_FIELDS = SECRET_FIELDS | {"api_signing_secret"}  # api
 KAFKA_COMPRESSIONS = ("zstd", "lz4", "gzip", "snappy", "none", "")  # "": none

@@ -250,3 +250,39 @@ TARIFF_RERATED_CALLS = Counter(
     "pbxpipe_tariffs_rerated_calls_total", "Calls whose cost changed when re-rated.",
     registry=REGISTRY,
 )
+
+# reconcile: Asterisk's own records against the stored calls (`pbxpipe reconcile`, a one-shot job:
+# under `pbxpipe every` these gauges reach Prometheus through the scheduler, see JOB_GAUGES)
+RECONCILE_COMPLETENESS = Gauge(
+    "pbxpipe_reconcile_completeness_ratio",
+    "Share of the calls in the PBX's own records (CDR) of the last reconciled period that are "
+    "stored once and agree with them (1 when there were none).", ["pbx"], registry=REGISTRY,
+)
+RECONCILE_THRESHOLD = Gauge(
+    "pbxpipe_reconcile_completeness_threshold_ratio",
+    "Completeness below which PbxCallsIncomplete fires (reconcile_min_completeness).", ["pbx"],
+    registry=REGISTRY,
+)
+RECONCILE_CALLS = Gauge(
+    "pbxpipe_reconcile_calls",
+    "Calls of the last reconciled period by outcome: asterisk (in the PBX's records), exact, "
+    "missing, phantom, differing, duplicate, rebuilt (written from the CDR by that run).",
+    ["pbx", "outcome"], registry=REGISTRY,
+)
+RECONCILE_REJECTED_ROWS = Gauge(
+    "pbxpipe_reconcile_rejected_rows",
+    "Rows of the last reconciliation's sources (CDR, CEL) that could not be read (kept in its "
+    "report).", ["pbx"], registry=REGISTRY,
+)
+RECONCILE_LAST_RUN = Gauge(
+    "pbxpipe_reconcile_last_run_timestamp_seconds", "When the PBX was last reconciled.", ["pbx"],
+    registry=REGISTRY,
+)
+REDERIVE_REPLACED = Counter(
+    "pbxpipe_rederive_replaced_calls_total",
+    "Stored calls replaced by a new version when the enrich rules were re-run over their events "
+    "(`pbxpipe rederive --apply`).", ["pbx"], registry=REGISTRY,
+)
+JOB_GAUGES = (RECONCILE_COMPLETENESS, RECONCILE_THRESHOLD, RECONCILE_CALLS,
+              RECONCILE_REJECTED_ROWS, RECONCILE_LAST_RUN)
+"""Gauges a one-shot job sets that `pbxpipe every` keeps on its own /metrics after each run."""

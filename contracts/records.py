@@ -14,6 +14,7 @@ import msgspec
 Direction = Literal["inbound", "outbound", "internal"]
 Status = Literal["answered", "missed", "no_answer", "busy", "failed", "congestion"]
 HangupBy = Literal["caller", "callee", ""]
+BuiltFrom = Literal["ami", "cdr"]
 
 EXTERNAL = "external"
 """``first/last_answered_by`` of an outbound call answered by the far end."""
@@ -54,6 +55,9 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     disposition: str  # Asterisk's last CDR disposition of the PBX leg ("" when no Cdr event)
     incomplete: bool  # closed by timeout or end of input before every channel hung up
     version: int  # grows with every event folded in; the deduplicating table keeps the highest
+    # reconcile: what the record was built from: "ami" (the call's events, by enrich) or "cdr"
+    # (rebuilt from the PBX's own CDR by `pbxpipe reconcile --write-missing`, the events lost)
+    built_from: BuiltFrom = "ami"
     # tariffs: the cost of an outbound call (enrich.tariffs.Rating, same fields in the same order).
     # Defaults = not rated, so payloads written before these fields existed still decode.
     # Money is decimal.Decimal (exact; ClickHouse Decimal(18, 4)), never a float.

@@ -9,7 +9,7 @@ calls already emitted are re-emitted with the same ids, which the store collapse
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from contracts.envelope import Envelope
 from contracts.records import Output
@@ -143,3 +143,28 @@ class PartitionEnricher:
             return self.next_offset
         offset = min(oldest)
         return offset if self.next_offset is None else min(offset, self.next_offset)
+
+
+def fold_to_end(frames: Iterable[tuple[int, int, str, Envelope]],
+                make_builder: Callable[[str], CallBuilder]) -> Iterator[Output]:
+    """A bounded stream of frames — ``(partition, offset, key's linkedid, envelope)``, each
+    partition in offset order, the frames of one message (offset) together; a capture is one
+    partition of one-frame messages — folded as enrich folds the topic: per partition, messages
+    sent twice dropped, calls emitted by the partition's own stream time; at the end every call
+    still open is emitted (incomplete if a channel never hung up). ``pbxpipe rederive`` derives
+    stored calls again with it."""
+    parts: dict[int, PartitionEnricher] = {}
+    message: dict[int, tuple[int, bool]] = {}  # partition -> (offset, taken) of its message
+    for partition, offset, linkedid, env in frames:
+        pe = parts.get(partition)
+        if pe is None:
+            pe = parts[partition] = PartitionEnricher(make_builder)
+        at = message.get(partition)
+        if at is None or at[0] != offset:  # a message's first frame decides for all of it
+            yield from pe.advance()  # once the message before it is folded whole
+            at = message[partition] = (offset, pe.accept(offset, env.pbx_id, env.epoch, env.seq))
+        if at[1]:
+            yield from pe.fold(offset, linkedid, env)
+    for pe in parts.values():
+        for b in pe.builders.values():
+            yield from b.flush()

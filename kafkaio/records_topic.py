@@ -76,14 +76,17 @@ class Kind:
     decoder: Any
     schema: pa.Schema
     literals: tuple[tuple[str, pa.Array], ...]  # Literal fields and their allowed values
+    defaults: dict[str, Any]  # field -> its default: what a writer that predates it meant
 
     @classmethod
     def of(cls, table: str, struct: type[msgspec.Struct], batch_kind: bytes, record_kind: bytes,
            decoder: Any) -> Kind:
         info = msgspec.inspect.type_info(struct)
         assert isinstance(info, msgspec.inspect.StructType)
-        fields, literals = [], []
+        fields, literals, defaults = [], [], {}
         for f in info.fields:
+            if f.default is not msgspec.NODEFAULT:
+                defaults[f.name] = f.default
             typ, nullable = _arrow_type(f.type)
             fields.append(pa.field(f.name, typ, nullable=nullable))
             lit = f.type
@@ -92,7 +95,7 @@ class Kind:
             if isinstance(lit, msgspec.inspect.LiteralType):
                 literals.append((f.name, pa.array(lit.values, pa.string())))
         return cls(table, struct, batch_kind, record_kind, decoder, pa.schema(fields),
-                   tuple(literals))
+                   tuple(literals), defaults)
 
 
 CALLS = Kind.of("calls", CallRecord, k.KIND_CALL_BATCH, k.KIND_CALL, call_record_decoder)
@@ -173,7 +176,7 @@ def decode(kind: Kind, value: bytes) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise RecordsError(f"not an Arrow IPC stream of {kind.struct.__name__} rows: {e}") from None
     if not data.schema.equals(kind.schema):
-        raise RecordsError(f"schema is not {kind.struct.__name__}'s: got {_describe(data.schema)}")
+        data = _with_defaults(kind, data)
     for f, column in zip(kind.schema, data.columns, strict=True):
         if not f.nullable and column.null_count:
             raise RecordsError(f"{kind.struct.__name__}.{f.name}: {column.null_count} nulls")
@@ -185,6 +188,26 @@ def decode(kind: Kind, value: bytes) -> pa.Table:
             bad = pc.filter(column, pc.invert(ok)).unique().to_pylist()[:5]
             raise RecordsError(f"{kind.struct.__name__}.{name}: not one of its values: {bad}")
     return data
+
+
+def _with_defaults(kind: Kind, data: pa.Table) -> pa.Table:
+    """A batch written before the Struct gained fields with defaults, those fields added with
+    their defaults (as msgspec decodes an older msgpack record); RecordsError for any other
+    schema."""
+    names = set(data.column_names)
+    if names <= set(kind.schema.names) and all(
+            f.name in names or f.name in kind.defaults for f in kind.schema):
+        columns = [data.column(f.name) if f.name in names
+                   else pa.array([kind.defaults[f.name]] * data.num_rows, f.type)
+                   for f in kind.schema]
+        try:
+            upgraded = pa.Table.from_arrays(columns, schema=kind.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        else:
+            if all(data.schema.field(n).equals(kind.schema.field(n)) for n in names):
+                return upgraded
+    raise RecordsError(f"schema is not {kind.struct.__name__}'s: got {_describe(data.schema)}")
 
 
 def decode_record(kind: Kind, value: bytes) -> pa.Table:

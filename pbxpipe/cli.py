@@ -9,10 +9,20 @@ from __future__ import annotations
 import sys
 
 from contracts.errors import PbxPipeError
-from pbxpipe import cmd_api, cmd_kafka, cmd_ops, cmd_pipeline, cmd_retention, cmd_tariffs
+from pbxpipe import (
+    cmd_api,
+    cmd_integrity,
+    cmd_kafka,
+    cmd_ops,
+    cmd_pipeline,
+    cmd_reconcile,
+    cmd_retention,
+    cmd_tariffs,
+)
 from pbxpipe.app import app
 
-COMMAND_MODULES = (cmd_pipeline, cmd_api, cmd_kafka, cmd_retention, cmd_ops, cmd_tariffs)
+COMMAND_MODULES = (cmd_pipeline, cmd_api, cmd_kafka, cmd_retention, cmd_ops, cmd_tariffs,
+                   cmd_reconcile, cmd_integrity)
 
 for _module in COMMAND_MODULES:
     _module.register(app)

@@ -3,14 +3,18 @@
 One-shot commands (``retention apply``, ``retention export-due``) exit before Prometheus scrapes
 them, so this long-running process runs each as a child and keeps, on its /metrics,
 ``pbxpipe_retention_job_runs_total{job,result}`` and
-``pbxpipe_retention_job_last_success_timestamp_seconds{job}`` — what the "job not run" alert reads.
+``pbxpipe_retention_job_last_success_timestamp_seconds{job}`` — what the "job not run" alert reads —
+and the gauges the job itself set (``contracts.metrics.JOB_GAUGES``: reconcile's completeness),
+handed over in a file (``pbxpipe.ops.JOB_METRICS_FILE``) after each run.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Annotated, Optional
@@ -37,7 +41,7 @@ def every(
 
     Example: ``pbxpipe every 86400 --job apply -- retention apply``.
     """
-    from pbxpipe.ops import start_ops
+    from pbxpipe.ops import JOB_METRICS_FILE, read_job_metrics, start_ops
 
     settings = command_settings(metrics_port=metrics_port, log_format=log_format)
     if command and command[0] == "--":  # click keeps the separator once options stop
@@ -55,26 +59,33 @@ def every(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    job_metrics = tempfile.NamedTemporaryFile(prefix=f"pbxpipe-{job}-", suffix=".prom",
+                                              delete=False)
+    job_metrics.close()
+    env = {**os.environ, JOB_METRICS_FILE: job_metrics.name}
     n = 0
     while not stop.is_set():
         started = time.time()
         try:
             child = subprocess.run([*PBXPIPE, *command], timeout=timeout_s,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
             code: int | str = child.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
+        gauges = read_job_metrics(job_metrics.name)  # the job's own (reconcile's completeness)
         result = "success" if code == 0 else "failure"
         metrics.RETENTION_JOB_RUNS.labels(job, result).inc()
         if code == 0:
             last_ok["at"] = time.time()
             metrics.RETENTION_JOB_SUCCESS.labels(job).set(last_ok["at"])
         (log.info if code == 0 else log.error)("job_finished", result=result, exit=code,
-                                               seconds=round(time.time() - started, 3))
+                                               seconds=round(time.time() - started, 3),
+                                               gauges=gauges)
         n += 1
         if runs and n >= runs:
             break
         stop.wait(max(0.0, started + interval_s - time.time()))
+    os.unlink(job_metrics.name)
 
 
 def register(app: typer.Typer) -> None:

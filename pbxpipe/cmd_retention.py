@@ -295,7 +295,8 @@ def retention_export_due(
     try:
         store, objects, dest = _export_target(settings, to)
         done = export_due(store, dest=dest, fmt=format.value, within_days=within_days,
-                          default=_default(settings), now=time.time(), objects=objects)
+                          default=_default(settings), now=time.time(), objects=objects,
+                          signer=_signer(settings))
     except PbxPipeError as e:
         fail(str(e))
     for d in done:
@@ -303,13 +304,27 @@ def retention_export_due(
     typer.echo(f"{len(done)} months exported")
 
 
+def _signer(settings: Settings) -> Any:
+    """The key that signs export manifests, None when none is set."""
+    from retention.signing import load_private_key
+
+    return load_private_key(settings.export_signing_key) if settings.export_signing_key else None
+
+
 def _export_target(settings: Settings, to: str) -> tuple[Any, Any, str]:
-    from contracts.errors import ConfigError
     from pbxpipe.pipeline import open_store
 
     store = open_store(settings)
     if not to.startswith("s3://"):
         return store, None, to
+    objects, prefix = export_objects(settings, to)
+    return store, objects, prefix
+
+
+def export_objects(settings: Settings, to: str) -> tuple[Any, str]:
+    """The bucket and key prefix of an ``s3://bucket/prefix`` export, on the S3 endpoint of
+    PBXPIPE_OBJECT_STORE."""
+    from contracts.errors import ConfigError
     from store.minio import MinioObjectStore
 
     bucket, _, prefix = to[len("s3://"):].partition("/")
@@ -319,7 +334,7 @@ def _export_target(settings: Settings, to: str) -> tuple[Any, Any, str]:
     objects = MinioObjectStore.from_url(f"{base}/{bucket}", access_key=settings.s3_access_key,
                                         secret_key=settings.s3_secret_key, region=settings.s3_region,
                                         sse=settings.s3_sse)
-    return store, objects, prefix
+    return objects, prefix
 
 
 def export(
@@ -348,11 +363,14 @@ def export(
             task = bar.add_task("exporting", total=total)
             manifest = export_calls(store, since=start, until=end, customer=customer,
                                     fmt=format.value, dest=dest, tz=tz, objects=objects,
-                                    progress=lambda n: bar.advance(task, n))
+                                    progress=lambda n: bar.advance(task, n),
+                                    signer=_signer(settings))
     except PbxPipeError as e:
         fail(str(e))
     f = manifest["files"][0]
-    typer.echo(f"exported {manifest['rows']} rows to {to}: {f['name']} sha256 {f['sha256']}")
+    typer.echo(f"exported {manifest['rows']} rows to {to}: {f['name']} sha256 {f['sha256']}"
+               + (f", manifest signed by key {manifest['signed_by']}" if manifest["signed_by"]
+                  else ", manifest not signed (PBXPIPE_EXPORT_SIGNING_KEY)"))
 
 
 def erase(

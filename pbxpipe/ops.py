@@ -194,6 +194,46 @@ def _version() -> str:
         return "unknown"
 
 
+JOB_METRICS_FILE = "PBXPIPE_JOB_METRICS_FILE"
+"""Set by `pbxpipe every` for the job it runs: where the job leaves its gauges
+(``contracts.metrics.JOB_GAUGES``) for the scheduler to serve; a one-shot job exits before any
+scrape."""
+
+
+def write_job_metrics(environ: Mapping[str, str] | None = None) -> None:
+    """A job's last step: its gauges, written where `pbxpipe every` reads them (if it runs it)."""
+    import os
+
+    from prometheus_client import write_to_textfile
+
+    path = (os.environ if environ is None else environ).get(JOB_METRICS_FILE)
+    if path:
+        names = [f.name for g in metrics.JOB_GAUGES for f in g.describe()]
+        write_to_textfile(path, metrics.REGISTRY.restricted_registry(names))
+
+
+def read_job_metrics(path: str) -> int:
+    """What `pbxpipe every` does after each run: the job's gauges set on its own registry, so its
+    /metrics shows them until the next run. Returns the samples taken."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return 0
+    gauges = {f.name: g for g in metrics.JOB_GAUGES for f in g.describe()}
+    n = 0
+    for family in text_string_to_metric_families(text):
+        gauge = gauges.get(family.name)
+        if gauge is None:
+            continue
+        for sample in family.samples:
+            (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+            n += 1
+    return n
+
+
 def settings_table() -> str:
     """The operator's guide's settings table (docs/operations.md), from Settings and the comments
     in contracts/config.py: ``python -c "from pbxpipe.ops import settings_table as t; print(t())"``.

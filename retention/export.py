@@ -2,7 +2,8 @@
 
 Rows stream from ClickHouse as Arrow record batches straight into the file writer; nothing holds
 more than one batch. Times stay UTC instants; ``<field>_local`` columns give them in the chosen
-time zone. The manifest names every file with its row count, size and SHA-256.
+time zone. The manifest names every file with its row count, size and SHA-256, and is signed
+when a signing key is set (retention.signing; ``pbxpipe verify export`` checks it all).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts import metrics
 from contracts.errors import RetentionError
+from retention.signing import SIGNATURE_SUFFIX, key_id, sign
 from store.clickhouse import ClickHouseStore
 from store.objects import ObjectStore, sha256_file
 from store.queries import CALL_FIELDS, TimeBound, epoch_ms
@@ -29,6 +32,7 @@ from store.queries import CALL_FIELDS, TimeBound, epoch_ms
 log = structlog.get_logger("retention.export")
 
 FORMATS = ("csv", "parquet")
+MANIFEST = "manifest.json"
 TIME_FIELDS = ("start", "answer", "end")
 Progress = Callable[[int], None]
 
@@ -106,9 +110,11 @@ class _Writer:
 def export_calls(store: ClickHouseStore, *, since: TimeBound, until: TimeBound,
                  customer: str | None, fmt: str, dest: str, tz: str = "UTC",
                  objects: ObjectStore | None = None, progress: Progress | None = None,
-                 name: str = "calls") -> dict[str, Any]:
-    """Write ``<name>.<fmt>`` and ``manifest.json`` to the directory ``dest`` or, with
-    ``objects``, under the key prefix ``dest``. Returns the manifest."""
+                 name: str = "calls", signer: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    """Write ``<name>.<fmt>`` and ``manifest.json`` (every file of the export with its rows,
+    size and SHA-256) to the directory ``dest`` or, with ``objects``, under the key prefix
+    ``dest``; with ``signer``, ``manifest.json.sig`` too (retention.signing). Returns the
+    manifest."""
     if fmt not in FORMATS:
         raise RetentionError(f"format must be one of {FORMATS}, got {fmt!r}")
     sql, params = export_query(since, until, customer, tz)
@@ -141,13 +147,19 @@ def export_calls(store: ClickHouseStore, *, since: TimeBound, until: TimeBound,
                       "customer": customer or None},
             "tz": tz, "format": fmt, "rows": rows,
             "files": [{"name": fname, "rows": rows, "bytes": size, "sha256": sha}],
+            "signed_by": key_id(signer.public_key()) if signer is not None else None,
         }
-        mpath = out_dir / "manifest.json"
-        mpath.write_text(json.dumps(manifest, indent=1))
+        mpath = out_dir / MANIFEST
+        mpath.write_bytes(json.dumps(manifest, indent=1).encode())
+        written = [(final, "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"),
+                   (mpath, "application/json")]
+        if signer is not None:
+            spath = out_dir / (MANIFEST + SIGNATURE_SUFFIX)
+            spath.write_bytes(sign(signer, mpath.read_bytes()))
+            written.append((spath, "application/json"))
         if objects is not None:
             prefix = dest.strip("/") + "/" if dest.strip("/") else ""
-            for f, ctype in ((final, "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"),
-                             (mpath, "application/json")):
+            for f, ctype in written:
                 with open(f, "rb") as fh:
                     objects.put(prefix + f.name, fh, f.stat().st_size, content_type=ctype,
                                 metadata={"sha256": sha256_file(f)[0]})
@@ -166,7 +178,7 @@ def count_rows(store: ClickHouseStore, since: TimeBound, until: TimeBound, custo
 
 def export_due(store: ClickHouseStore, *, dest: str, fmt: str, within_days: int,
                default: Any, now: float, objects: ObjectStore | None = None,
-               tz: str = "UTC") -> list[dict[str, Any]]:
+               tz: str = "UTC", signer: Ed25519PrivateKey | None = None) -> list[dict[str, Any]]:
     """Export every (customer, month) whose calls start expiring within ``within_days`` and that
     was not exported before, to ``<dest>/<customer>/<YYYY-MM>/``; each success is recorded in the
     ``exports`` table, so running it again exports nothing twice."""
@@ -184,7 +196,7 @@ def export_due(store: ClickHouseStore, *, dest: str, fmt: str, within_days: int,
         since, until = month_bounds(month)
         target = f"{dest.rstrip('/')}/{customer}/{month}"
         manifest = export_calls(store, since=since, until=until, customer=customer, fmt=fmt,
-                                dest=target, tz=tz, objects=objects)
+                                dest=target, tz=tz, objects=objects, signer=signer)
         digest = json.dumps(manifest, sort_keys=True).encode()
         import hashlib
 

@@ -50,6 +50,13 @@ def policy_for(customer: str, policies: dict[str, Policy], default: Policy) -> P
     return policies.get(customer, default)
 
 
+def recording_lock_until(start: float, customer: str, policies: dict[str, Policy],
+                         default: Policy) -> float:
+    """Until when a recording is locked (object lock, governance mode): its retention, counted
+    from the call's start as expiry is; a lock never outlives the recording's policy."""
+    return start + policy_for(customer, policies, default).recording_days * 86400.0
+
+
 def ttl_days_expression(policies: dict[str, Policy], default: Policy, *, column: str = "pbx_id",
                         recordings: bool = False) -> str:
     """``multiIf(pbx_id = 'a', 730, …, 365)``, or the default alone: days rows of each customer live."""

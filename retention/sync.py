@@ -25,7 +25,7 @@ import structlog
 
 from contracts import metrics
 from contracts.config import Settings
-from contracts.errors import PbxPipeError
+from contracts.errors import ConfigError, PbxPipeError
 from contracts.records import CallRecord
 from retention.recordings import Upload, plan_sync, spool_state
 from retention.uploader import RecordingUploader
@@ -100,10 +100,31 @@ class RecordingsSync:
         self.spool = Path(settings.recordings_spool)
         self.pbx_ids = [p.strip() for p in settings.recordings_sync_pbx_ids.split(",") if p.strip()]
         self.clock = clock
-        self._new_uploader = uploader or (lambda: RecordingUploader(objects, store, settings))
+        self._new_uploader = uploader or (lambda: RecordingUploader(
+            objects, store, settings, retain_until=self._lock_until()))
         self._reported: set[str] = set()  # keys or sources logged (and counted) once
         self._pbx_seen: set[str] = set()  # gauge labels to reset when a PBX has nothing left
         self.last_error = ""
+
+    def _lock_until(self) -> Callable[[Upload], float | None] | None:
+        """With ``recordings_object_lock = governance``, each upload's lock until its retention
+        ends, by the policies as this pass reads them."""
+        mode = self.settings.recordings_object_lock
+        if not mode:
+            return None
+        if mode != "governance":
+            raise ConfigError(f"invalid setting: recordings_object_lock {mode!r} is not "
+                              "governance or empty (PBXPIPE_RECORDINGS_OBJECT_LOCK)")
+        if not self.objects.supports_object_lock():
+            raise ConfigError(f"recordings_object_lock=governance: {self.objects.location} has "
+                              "no object lock (an S3 bucket created with it is needed)")
+        from retention.jobs import default_policy, load_policies
+        from retention.policies import recording_lock_until
+
+        policies = load_policies(self.store)
+        default = default_policy(self.settings.retention_call_days,
+                                 self.settings.retention_recording_days)
+        return lambda up: recording_lock_until(up.start, up.pbx_id, policies, default)
 
     # -- one pass ------------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ class RecordingUploader:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  open_source: Callable[[Path], BinaryIO] | None = None,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
+                 retain_until: Callable[[Upload], float | None] | None = None) -> None:
         self.objects = objects
         self.rows = rows
         self.spool = Path(settings.recordings_spool)
@@ -79,6 +80,8 @@ class RecordingUploader:
         self.sleep = sleep
         self.open_source = open_source or (lambda p: open(p, "rb"))  # noqa: SIM115 (closed by the caller)
         self.backoff = (backoff_initial_s, backoff_max_s)
+        # object lock (recordings_object_lock): until when an upload is locked, None: not locked
+        self.retain_until = retain_until or (lambda up: None)
         self.results: list[StoredRecording] = []  # uploaded and linked
         self._unlinked: list[StoredRecording] = []  # uploaded, row not written yet
         self.failed: list[tuple[str, str]] = []  # (source, reason) nothing silent
@@ -199,12 +202,13 @@ class RecordingUploader:
         with open(path, "rb") as f:
             duration = wav_duration(f.read(1 << 16))
         metadata = {**up.metadata, "sha256": sha}
+        retain_until = self.retain_until(up)
 
         def attempt() -> None:
             with self.open_source(path) as f:
                 reader = _HashingReader(f)
                 self.objects.put(up.key, reader, size, content_type=up.content_type,  # type: ignore[arg-type]
-                                 metadata=metadata)
+                                 metadata=metadata, retain_until=retain_until)
             if reader.sent != size or reader.sha.hexdigest() != sha:
                 raise ObjectStoreError(f"{path} changed while uploading")
             self._verify(up.key, size, sha)

@@ -311,6 +311,14 @@ class ClickHouseStore:
         """Insert Structs into any table shaped like them (retention's tables)."""
         return self._write(table, [msgspec.structs.astuple(i) for i in items], token)
 
+    def write_led(self, table: Table, lead: tuple[Any, ...], items: Sequence[msgspec.Struct],
+                  token: str) -> int:
+        """Insert Structs with the same values of the table's leading columns in front of each
+        (a shadow table's run id and time)."""
+        if len(lead) != len(table.leading):
+            raise ValueError(f"{table.name} leads with {table.leading}, got {len(lead)} values")
+        return self._write(table, [(*lead, *msgspec.structs.astuple(i)) for i in items], token)
+
     def _column_types(self, table: Table) -> list[str]:
         """ClickHouse types of the insert columns, read once from the table (the migrations are
         the source of truth), so inserts need no DESCRIBE round trip."""

@@ -13,9 +13,11 @@ from urllib.parse import urlsplit
 
 import structlog
 from minio import Minio
-from minio.commonconfig import ENABLED, CopySource, Filter
+from minio.commonconfig import ENABLED, GOVERNANCE, CopySource, Filter
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+from minio.retention import Retention
 from minio.sse import SseS3
 
 from contracts.errors import ConfigError, ObjectStoreError
@@ -64,13 +66,21 @@ class MinioObjectStore:
         return ObjectStoreError(f"{what} in {self.location} failed: {detail}")
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
-            metadata: dict[str, str]) -> None:
+            metadata: dict[str, str], retain_until: float | None = None) -> None:
         # minio switches to multipart above part_size and aborts the upload if a part fails,
         # so an interrupted put leaves no object and no dangling parts.
         try:
-            self.client.put_object(self.bucket, key, data, size, content_type=content_type,
-                                   metadata=dict(metadata), sse=self.sse,
-                                   part_size=self.part_size, num_parallel_uploads=1)
+            written = self.client.put_object(self.bucket, key, data, size,
+                                             content_type=content_type, metadata=dict(metadata),
+                                             sse=self.sse, part_size=self.part_size,
+                                             num_parallel_uploads=1)
+            if retain_until is not None:
+                # set on the version just written: S3 takes a retention on PutObject only with
+                # a Content-MD5 the streaming upload does not have
+                until = datetime.datetime.fromtimestamp(retain_until, datetime.UTC)
+                self.client.set_object_retention(self.bucket, key,
+                                                 Retention(GOVERNANCE, until.replace(microsecond=0)),
+                                                 version_id=written.version_id)
         except (MinioException, ValueError) as e:
             raise self._fail(f"put {key}", e) from e
 
@@ -84,8 +94,13 @@ class MinioObjectStore:
         md = {k.lower().removeprefix("x-amz-meta-"): v for k, v in (st.metadata or {}).items()
               if k.lower().startswith("x-amz-meta-")}
         modified = st.last_modified.timestamp() if st.last_modified else 0.0
+        headers = {k.lower(): v for k, v in (st.metadata or {}).items()}
+        until = headers.get("x-amz-object-lock-retain-until-date")
         return ObjectInfo(key=key, size=st.size or 0, modified=modified,
-                          content_type=st.content_type or "", metadata=md)
+                          content_type=st.content_type or "", metadata=md,
+                          legal_hold=headers.get("x-amz-object-lock-legal-hold") == "ON",
+                          retain_until=datetime.datetime.fromisoformat(until).timestamp()
+                          if until else None)
 
     def get(self, key: str) -> bytes:
         try:
@@ -104,15 +119,20 @@ class MinioObjectStore:
         except S3Error as e:
             raise self._fail(f"copy {src} -> {dst}", e) from e
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         try:
             # with versioning (object lock) remove every version, or the bytes would survive
             versions = [o.version_id for o in self.client.list_objects(
                 self.bucket, prefix=key, include_version=True) if o.object_name == key]
-            for vid in versions or [None]:
-                self.client.remove_object(self.bucket, key, version_id=vid)
+            errors = list(self.client.remove_objects(
+                self.bucket, [DeleteObject(key, vid) for vid in versions or [None]],
+                bypass_governance_mode=bypass_governance))
         except S3Error as e:
             raise self._fail(f"delete {key}", e) from e
+        if errors:
+            first = errors[0]
+            raise ObjectStoreError(f"delete {key} in {self.location} failed: {first.code}: "
+                                   f"{first.message}")
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
@@ -177,6 +197,9 @@ class MinioObjectStore:
             except S3Error:
                 self._lock = False
         return self._lock
+
+    def supports_object_lock(self) -> bool:
+        return self.supports_legal_hold()  # both need the bucket's object lock
 
     def set_legal_hold(self, key: str, on: bool) -> None:
         try:

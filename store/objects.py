@@ -30,6 +30,7 @@ class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = ""
     metadata: dict[str, str] = {}
     legal_hold: bool = False
+    retain_until: float | None = None  # object lock (governance mode): not deleted before then
 
 
 class LifecycleRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,8 +48,10 @@ class ObjectStore(Protocol):
     links: bool  # presigned_url gives a link any browser can follow (S3), not a local file's
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
-            metadata: dict[str, str]) -> None:
-        """Write ``size`` bytes read from ``data`` (large ones in parts); overwrites ``key``."""
+            metadata: dict[str, str], retain_until: float | None = None) -> None:
+        """Write ``size`` bytes read from ``data`` (large ones in parts); overwrites ``key``.
+        ``retain_until``: lock the object in governance mode until then (epoch seconds; only
+        where :meth:`supports_object_lock`)."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -63,8 +66,10 @@ class ObjectStore(Protocol):
 
     def copy(self, src: str, dst: str) -> None: ...
 
-    def delete(self, key: str) -> None:
-        """Remove ``key`` (absent is fine). Raises ObjectStoreError if a legal hold forbids it."""
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
+        """Remove ``key`` (absent is fine). Raises ObjectStoreError if a legal hold forbids it, or
+        a governance-mode lock that ``bypass_governance`` does not lift (the S3 user needs
+        s3:BypassGovernanceRetention to)."""
         ...
 
     def scan(self, prefix: str) -> Iterator[ObjectInfo]: ...
@@ -83,6 +88,10 @@ class ObjectStore(Protocol):
     def supports_legal_hold(self) -> bool: ...
 
     def set_legal_hold(self, key: str, on: bool) -> None: ...
+
+    def supports_object_lock(self) -> bool:
+        """Whether objects can be locked for a retention period (``put``'s ``retain_until``)."""
+        ...
 
 
 class LocalObjectStore:
@@ -111,7 +120,9 @@ class LocalObjectStore:
         return path.with_name(path.name + ".meta.json")
 
     def put(self, key: str, data: BinaryIO, size: int, *, content_type: str,
-            metadata: dict[str, str]) -> None:
+            metadata: dict[str, str], retain_until: float | None = None) -> None:
+        if retain_until is not None:
+            raise ObjectStoreError(f"{self.location} cannot lock objects: object lock needs S3")
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = self._read_meta(path)
@@ -177,7 +188,7 @@ class LocalObjectStore:
         meta["legal_hold"] = False
         self._meta_path(d).write_text(json.dumps(meta))
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, bypass_governance: bool = False) -> None:
         path = self._path(key)
         if self._read_meta(path).get("legal_hold"):
             raise ObjectStoreError(f"{key}: under legal hold, cannot be deleted")
@@ -214,6 +225,9 @@ class LocalObjectStore:
     def supports_legal_hold(self) -> bool:
         return True
 
+    def supports_object_lock(self) -> bool:
+        return False
+
     def set_legal_hold(self, key: str, on: bool) -> None:
         path = self._path(key)
         meta = self._read_meta(path)
@@ -237,10 +251,26 @@ class LocalObjectStore:
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
     """SHA-256 hex digest and size of a file, read in chunks (constant memory)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f, chunk)
+
+
+def sha256_stream(f: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
+    """SHA-256 hex digest and size of what is left to read in ``f``, in chunks."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
+    while block := f.read(chunk):
+        h.update(block)
+        size += len(block)
     return h.hexdigest(), size
+
+
+def object_checksum(objects: ObjectStore, key: str) -> tuple[str, int] | None:
+    """SHA-256 and size of a stored object's bytes, read in chunks; None when it is absent."""
+    if objects.stat(key) is None:
+        return None
+    f = objects.open(key)
+    try:
+        return sha256_stream(f)
+    finally:
+        f.close()

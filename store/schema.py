@@ -16,6 +16,7 @@ from importlib import resources
 import msgspec
 
 from contracts.access import AccessGroup, ApiKey, RecordingAccess, Tenant
+from contracts.reconcile import ReconcileRun
 from contracts.records import CallLeg, CallRecord, Quarantined
 from contracts.tariffs import TariffAlert, TariffRow
 
@@ -66,6 +67,12 @@ API_GROUPS = Table("api_groups", AccessGroup)
 TENANTS = Table("tenants", Tenant)
 RECORDING_ACCESS = Table("recording_access", RecordingAccess)
 PANEL_TABLES = (API_KEYS, API_GROUPS, TENANTS, RECORDING_ACCESS)
+
+# reconcile (migration 0007)
+RECONCILE_RUNS = Table("reconcile_runs", ReconcileRun)
+REDERIVED_CALLS = Table("rederived_calls", CallRecord, leading=("run_id", "run_at"))
+"""The shadow of ``calls`` that ``pbxpipe rederive`` fills: one run's records, by ``run_id``."""
+REDERIVED_LEGS = Table("rederived_legs", CallLeg, leading=("run_id", "run_at"))
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations

@@ -1,12 +1,15 @@
 """An S3 server for the tests: moto's, plus the presigned-URL expiry moto does not check.
 
-Run as ``python tests/s3server.py PORT``. Real S3 and MinIO refuse a presigned request after
+Run as ``python tests/s3server.py PORT``, or by the tests with :func:`serving`. Real S3 and MinIO refuse a presigned request after
 ``X-Amz-Date + X-Amz-Expires``; moto serves it regardless, so a thin WSGI layer enforces it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -33,6 +36,25 @@ def expiring(app: Any) -> Any:
         return app(environ, start_response)
 
     return wrapped
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[str]:
+    """This server in a child process on a free loopback port, for the tests: its URL."""
+    from tests.net import free_port, wait_listening
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        wait_listening(port, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def main() -> None:

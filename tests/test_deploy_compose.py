@@ -50,11 +50,11 @@ def test_every_part_is_there(compose):
     services = compose["services"]
     assert {"kafka", "clickhouse", "minio", "minio-setup", "prometheus", "alertmanager", "grafana",
             "ingest-pbx1", "enrich", "store", "recordings-pbx1", "retention-apply", "export-due",
-            "api"} <= set(services)
+            "api", "reconcile-pbx1"} <= set(services)
     commands = {n: s["command"][0] for n, s in pipeline_services(compose).items()}
     assert commands == {"ingest-pbx1": "ingest", "enrich": "enrich", "store": "store",
                         "recordings-pbx1": "recordings", "retention-apply": "every",
-                        "export-due": "every", "api": "api"}
+                        "export-due": "every", "api": "api", "reconcile-pbx1": "every"}
     for name, s in services.items():
         if name == "minio-setup":
             continue

@@ -437,8 +437,9 @@ def test_the_prometheus_checks_catch_unloaded_rules_and_no_alertmanager(compose)
     """A rule file outside rule_files, no alerting block, a target compose does not run: named."""
     prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     prom["rule_files"] = ["rules/pbx.yml", "rules/s*.yml"]
-    assert rule_files_not_loaded(prom) == ["rules/pipeline.yml", "rules/recordings.yml",
-                                           "rules/retention.yml", "rules/traffic.yml"]
+    assert rule_files_not_loaded(prom) == ["rules/pipeline.yml", "rules/reconcile.yml",
+                                           "rules/recordings.yml", "rules/retention.yml",
+                                           "rules/traffic.yml"]
     del prom["alerting"]
     assert alerting_problems(prom, compose) == ["prometheus.yml sends alerts to no Alertmanager"]
     prom["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": ["alertmgr:9093"]}]}]}

@@ -29,6 +29,7 @@ LAYERS: dict[str, set[str]] = {
     "enrich": {"contracts", "kafkaio", "ingest.framing"},  # the raw topic's frames are ingest's format
     "store": {"contracts", "kafkaio"},  # the sinks: records topic -> ClickHouse, and object storage
     "retention": {"contracts", "store"},  # policies and jobs over what the store holds
+    "reconcile": {"contracts", "store", "kafkaio", "ingest.framing", "ingest.capture"},  # Asterisk's records vs the store; raw frames read as ingest writes them
     "simulator": {"contracts"},  # a fake Asterisk: it knows the pipeline by its contracts only
     "api": {"contracts", "store", "retention"},  # the panel's HTTP service over what the store holds
     "pbxpipe": {ANY},  # the composition root: the CLI wires everything
@@ -40,7 +41,7 @@ PURE_CORES = (
     "enrich.calls", "enrich.events", "enrich.partition", "enrich.tariffs", "enrich.spend",
     "enrich.rating", "store.queries", "store.schema", "retention.recordings",
     "retention.policies", "ingest.framing", "ingest.routing", "store.tenancy", "api.access",
-    "api.params", "api.panel.charts",
+    "api.params", "api.panel.charts", "reconcile.asterisk", "reconcile.compare", "reconcile.queries",
 )
 """Domain logic: typed values in, typed values out. Reading a local file (a price list, the
 migrations) is allowed; talking to a network, a server or an event loop is not."""

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +21,7 @@ from retention.recordings import StoredRecording, plan_uploads
 from retention.uploader import RecordingUploader
 from store.minio import MinioObjectStore
 from store.objects import LifecycleRule
-from tests.net import free_port
+from tests.s3server import serving
 
 pytestmark = pytest.mark.integration
 
@@ -34,21 +31,8 @@ RECORDINGS = CAPTURE / "recordings"
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "s3server.py"), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    proc.stdout.close()
+    with serving() as url:
+        yield url
 
 
 _n = 0

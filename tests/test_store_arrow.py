@@ -161,6 +161,23 @@ def test_batches_failing_their_schema_are_rejected(case: str) -> None:
     assert rt.decode(rt.CALLS, _stream(good)).equals(good)
 
 
+def test_batches_written_before_a_field_with_a_default_still_decode() -> None:
+    """A batch from an enrich that predates a field with a default (``built_from``) reads with
+    that default, as an older msgpack record does; a column the Struct has no default for is
+    still required, and a column of the wrong type still rejected."""
+    calls = [call(1), missed(2)]
+    old = rt.table(rt.CALLS, calls).drop_columns(["built_from"])
+    assert rt.records(rt.CALLS, rt.decode(rt.CALLS, _stream(old))) == calls
+    rebuilt = call(3, built_from="cdr")
+    assert rt.records(rt.CALLS, rt.decode(rt.CALLS, _stream(rt.table(rt.CALLS, [rebuilt])))) == [rebuilt]
+    with pytest.raises(RecordsError):
+        rt.decode(rt.CALLS, _stream(old.drop_columns(["queue"])))
+    i = old.schema.get_field_index("version")
+    with pytest.raises(RecordsError):
+        rt.decode(rt.CALLS, _stream(old.set_column(i, pa.field("version", pa.float64(), nullable=False),
+                                                   pa.array([1.0, 2.0]))))
+
+
 def test_encoding_says_which_struct_does_not_fit() -> None:
     """A money amount finer than Decimal(18, 4) cannot be written: a clear error, never rounding."""
     with pytest.raises(RecordsError, match="CallRecord"):

@@ -16,6 +16,9 @@ from store.clickhouse import ClickHouseStore
 from store.schema import (
     CALLS,
     QUARANTINE,
+    RECONCILE_RUNS,
+    REDERIVED_CALLS,
+    REDERIVED_LEGS,
     TABLES,
     TARIFF_ALERTS,
     PANEL_TABLES,
@@ -30,7 +33,7 @@ from store.schema import (
 )
 
 TIME_FIELDS = {"start", "answer", "end", "received_at", "valid_from", "valid_to", "hour", "at",
-               "created_at", "expires_at", "revoked_at", "updated_at"}
+               "created_at", "expires_at", "revoked_at", "updated_at", "run_at", "since", "until"}
 
 
 def test_split_statements_drops_comments_and_splits_on_line_end_semicolons() -> None:
@@ -115,7 +118,8 @@ def test_interrupted_migration_can_be_applied_again(store: ClickHouseStore) -> N
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("table", (*TABLES, TARIFFS, TARIFF_ALERTS, *PANEL_TABLES), ids=lambda t: t.name)
+@pytest.mark.parametrize("table", (*TABLES, TARIFFS, TARIFF_ALERTS, *PANEL_TABLES, RECONCILE_RUNS,
+                                   REDERIVED_CALLS, REDERIVED_LEGS), ids=lambda t: t.name)
 def test_table_columns_match_the_struct(store: ClickHouseStore, table: Table) -> None:
     """Each table has exactly its Struct's fields (plus the documented extra columns), in order,
     with types that follow the field types: times DateTime64(3, 'UTC'), X | None Nullable,
