@@ -250,3 +250,11 @@ TARIFF_RERATED_CALLS = Counter(
     "pbxpipe_tariffs_rerated_calls_total", "Calls whose cost changed when re-rated.",
     registry=REGISTRY,
 )
+
+# api: the panel page
+API_PANEL_SIGNINS = Counter(
+    "pbxpipe_api_panel_signins_total",
+    "Sign-ins to the panel page by outcome: started, refused (a wrong, expired or revoked key), "
+    "cross_site (a form posted from another site).",
+    ["outcome"], registry=REGISTRY,
+)

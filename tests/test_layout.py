@@ -40,7 +40,7 @@ PURE_CORES = (
     "enrich.calls", "enrich.events", "enrich.partition", "enrich.tariffs", "enrich.spend",
     "enrich.rating", "store.queries", "store.schema", "retention.recordings",
     "retention.policies", "ingest.framing", "ingest.routing", "store.tenancy", "api.access",
-    "api.params", "api.panel.charts",
+    "api.params", "api.panel.charts", "api.panel.present",
 )
 """Domain logic: typed values in, typed values out. Reading a local file (a price list, the
 migrations) is allowed; talking to a network, a server or an event loop is not."""
