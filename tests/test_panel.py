@@ -292,7 +292,7 @@ def test_more_calls_continues_after_the_last_row(client, api) -> None:
 @pytest.mark.integration
 def test_new_filters_put_the_pages_address_in_the_bar(client, api) -> None:
     sign_in(client, api.keys["admin"])
-    r = client.get("/panel/calls?since=&type=missed&number=", headers=HX)
+    r = client.get("/panel/calls?since=&type=missed&number=&limit=50", headers=HX)
     assert r.headers["hx-push-url"] == "/?type=missed"
 
 

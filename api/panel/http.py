@@ -59,7 +59,8 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     env.globals.update(label=present.label, page_url=present.page_url,
                        DIRECTIONS=present.DIRECTIONS, STATUSES=present.STATUSES,
                        CALL_TYPES=present.CALL_TYPES, OUTCOMES=present.OUTCOMES,
-                       HANGUP_BY=present.HANGUP_BY, PAGE_SIZES=present.PAGE_SIZES)
+                       HANGUP_BY=present.HANGUP_BY, PAGE_SIZES=present.PAGE_SIZES,
+                       DEFAULT_PAGE=present.DEFAULT_PAGE)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(env))
 
 

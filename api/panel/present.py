@@ -77,8 +77,12 @@ def money(amount: str, currency: str) -> str:
 
 
 def form_values(query: Mapping[str, list[str]]) -> dict[str, str]:
-    """The filters a request carries, as the form shows them again (empty ones left out)."""
-    return {k: query[k][0] for k in FILTERS if query.get(k) and query[k][0] != ""}
+    """The filters a request carries, as the form shows them again (empty ones, and the default
+    page size, left out: they would only lengthen the page's address)."""
+    values = {k: query[k][0] for k in FILTERS if query.get(k) and query[k][0] != ""}
+    if values.get("limit") == str(DEFAULT_PAGE):
+        del values["limit"]
+    return values
 
 
 def inclusive_until(query: Mapping[str, list[str]]) -> dict[str, list[str]]:
