@@ -212,6 +212,7 @@ def test_a_recording_plays_through_its_media_link_and_the_access_is_logged(page,
     sign_in(page, panel.api.keys["admin"])
     page.get_by_label("Recorded", exact=True).select_option(label="recorded only")
     expect(rows(page)).to_have_count(2)
+    expect(rows(page).get_by_role("img", name="recorded")).to_have_count(2)
     media: list[Any] = []
     page.on("response", lambda r: media.append(r) if "/v1/media/" in r.url else None)
     call_id = shown_ids(page)[0]
@@ -266,7 +267,7 @@ def test_billing_sees_no_player(page, panel) -> None:
     expect(rows(page)).to_have_count(len(EXPECTED))
     recorded = f"acme:{EXPECTED['s26_in_recorded_line_105']['linkedid']}"
     row = page.locator(f'tr.call[data-call-id="{recorded}"]')
-    expect(row.get_by_label("recorded", exact=True)).to_have_count(0)
+    expect(row.get_by_role("img", name="recorded")).to_have_count(0)
     row.get_by_role("link", name="Details").click()
     detail = page.locator("tr.detail")
     expect(detail).to_contain_text("Who rang")
