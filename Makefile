@@ -16,10 +16,11 @@ demo: $(STAMP)
 	$(BIN)/pbxpipe demo
 
 # promtool (Debian package prometheus) checks the metrics endpoint and the alert rules; amtool
-# (prometheus-alertmanager) checks the Alertmanager configuration and its routes.
+# (prometheus-alertmanager) checks the Alertmanager configuration and its routes; chromium is the
+# headless browser the panel page's tests drive (through Playwright, installed by pip).
 tools:
-	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
-	  (apt-get update && apt-get install -y --no-install-recommends prometheus prometheus-alertmanager)
+	@command -v promtool >/dev/null && command -v amtool >/dev/null && test -x /usr/bin/chromium || \
+	  (apt-get update && apt-get install -y --no-install-recommends prometheus prometheus-alertmanager chromium)
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q

@@ -84,7 +84,7 @@ def _request_log(app: ASGIApp) -> ASGIApp:
 ROUTES: list[ControllerRouterHandler] = [
     calls.list_calls, calls.get_call, recordings.get_recording, recordings.get_media,
     recordings.recording_audit, export.export, stats.load, stats.costs, stats.missed,
-    healthz, readyz, openapi_document, *panel.ROUTES,
+    healthz, readyz, openapi_document, panel.ROUTER,
 ]
 
 

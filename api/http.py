@@ -88,10 +88,16 @@ def on_http_error(request: HttpRequest[Any, Any, Any], exc: Exception) -> Respon
 
 def on_unexpected(request: HttpRequest[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Anything else: logged with its traceback under an incident id, answered without one."""
+    return problem(500, "Internal error", unexpected(request, exc), request)
+
+
+def unexpected(request: HttpRequest[Any, Any, Any], exc: Exception) -> str:
+    """Log an unexpected failure with its traceback under a new incident id; what to tell the
+    caller instead (the id, never the traceback)."""
     incident = uuid.uuid4().hex[:12]
     log.error("request_failed", path=request.url.path, error=type(exc).__name__, incident=incident,
               exc_info=exc)
-    return problem(500, "Internal error", f"the request failed (incident {incident})", request)
+    return f"the request failed (incident {incident})"
 
 
 async def log_request(request: HttpRequest[Any, Any, Any], started: float, status: int) -> None:

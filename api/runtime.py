@@ -13,6 +13,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -67,6 +68,10 @@ class Request:
     scope: Scope
     tz: str
     now: float
+
+    @property
+    def now_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
 
 
 class Runtime:

@@ -286,3 +286,11 @@ REDERIVE_REPLACED = Counter(
 JOB_GAUGES = (RECONCILE_COMPLETENESS, RECONCILE_THRESHOLD, RECONCILE_CALLS,
               RECONCILE_REJECTED_ROWS, RECONCILE_LAST_RUN)
 """Gauges a one-shot job sets that `pbxpipe every` keeps on its own /metrics after each run."""
+
+# api: the panel page
+API_PANEL_SIGNINS = Counter(
+    "pbxpipe_api_panel_signins_total",
+    "Sign-ins to the panel page by outcome: started, refused (a wrong, expired or revoked key), "
+    "cross_site (a form posted from another site).",
+    ["outcome"], registry=REGISTRY,
+)

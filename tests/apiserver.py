@@ -16,6 +16,7 @@ from api.runtime import Runtime
 from api.server import build_runtime
 from contracts.config import Settings, load_settings
 from contracts.profile import load_profile
+from contracts.records import CallRecord
 from pbxpipe.pipeline import open_store, replay
 
 TENANTS = ("acme", "beta")
@@ -86,3 +87,25 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+HOSTILE_NAME = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+"""A caller name (Asterisk passes CallerIDName through from the caller) written as markup."""
+
+
+def add_missed_call(api: Api, pbx: str, linkedid: str, start: float, caller: str,
+                    caller_name: str, called: str = "+48221234501") -> str:
+    """An inbound call nobody answered, written straight to the store as enrich would write it:
+    the capture has no caller whose name is markup, and no number still waiting for a call back."""
+    rec = CallRecord(
+        call_id=f"{pbx}:{linkedid}", pbx_id=pbx, linkedid=linkedid, direction="inbound",
+        caller=caller, caller_name=caller_name, called=called, answered=False,
+        first_answered_by=None, last_answered_by=None, status="missed", start=start, answer=None,
+        end=start + 12, duration_s=12.0, wait_s=None, talk_s=0.0, hangup_cause=16,
+        hangup_cause_text="Normal Clearing", hangup_by="caller", extensions_rang=("101",),
+        queue="", transferred=False, forwarded=False, recordings=(), disposition="NO ANSWER",
+        incomplete=False, version=1,
+    )
+    with api.runtime.pool.lease() as store:
+        store.write_calls([rec], f"test:{rec.call_id}")
+    return rec.call_id

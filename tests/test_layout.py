@@ -41,7 +41,8 @@ PURE_CORES = (
     "enrich.calls", "enrich.events", "enrich.partition", "enrich.tariffs", "enrich.spend",
     "enrich.rating", "store.queries", "store.schema", "retention.recordings",
     "retention.policies", "ingest.framing", "ingest.routing", "store.tenancy", "api.access",
-    "api.params", "api.panel.charts", "reconcile.asterisk", "reconcile.compare", "reconcile.queries",
+    "api.params", "api.panel.charts", "api.panel.present", "reconcile.asterisk", "reconcile.compare",
+    "reconcile.queries",
 )
 """Domain logic: typed values in, typed values out. Reading a local file (a price list, the
 migrations) is allowed; talking to a network, a server or an event loop is not."""

@@ -28,7 +28,8 @@ async def load(request: Request[Any, Any, Any], since: Since = None, until: Unti
     query = query_of(request)
     params.only(query, ("since", "until", "tz"))
     tz_name, zone = params.zone(query, req.tz)
-    lo, hi = params.time_range(query, zone, default_days=28, max_days=MAX_DAYS)
+    lo, hi = params.time_range(query, zone, default_days=services.LOAD_DAYS, max_days=MAX_DAYS,
+                              now=req.now_utc)
     rt = runtime_of(request)
 
     def work() -> Load:
@@ -49,7 +50,8 @@ async def costs(
     query = query_of(request)
     params.only(query, ("since", "until", "tz", "by", "limit"))
     tz_name, zone = params.zone(query, req.tz)
-    lo, hi = params.time_range(query, zone, default_days=31, max_days=MAX_DAYS)
+    lo, hi = params.time_range(query, zone, default_days=services.COSTS_DAYS, max_days=MAX_DAYS,
+                              now=req.now_utc)
     by_ = params.choice(query, "by", ("destination", "extension", "month")) or "destination"
     size = params.integer(query, "limit", default=100, low=1, high=params.MAX_PAGE)
     rt = runtime_of(request)
@@ -70,7 +72,8 @@ async def missed(request: Request[Any, Any, Any], since: Since = None, until: Un
     query = query_of(request)
     params.only(query, ("since", "until", "tz"))
     tz_name, zone = params.zone(query, req.tz)
-    lo, hi = params.time_range(query, zone, default_days=30, max_days=MAX_DAYS)
+    lo, hi = params.time_range(query, zone, default_days=services.MISSED_DAYS, max_days=MAX_DAYS,
+                              now=req.now_utc)
     rt = runtime_of(request)
 
     def work() -> list[MissedNumber]:

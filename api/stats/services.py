@@ -10,6 +10,10 @@ from api.stats.schemas import Costs, Load, LoadCell, MissedNumber, Peak, SpendRo
 from store import queries
 from store.tenancy import ScopedReader, compose, select
 
+LOAD_DAYS = 28  # load and peak cover this many days before `until` unless `since` is given
+MISSED_DAYS = 30  # the missed calls to call back: this many days before `until`
+COSTS_DAYS = 31
+
 
 def load(reader: ScopedReader, req: Request, since: datetime | None, until: datetime | None,
          tz: str) -> Load:
