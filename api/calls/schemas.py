@@ -7,7 +7,8 @@ import msgspec
 
 class Call(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One call. Times are epoch seconds (UTC) and ``start_local`` the start in the asked time
-    zone; money is text ("0.40"); ``cost_buy`` and ``margin`` only for roles that see buy prices."""
+    zone; money is text ("0.40"). The cost fields only for roles that see costs (admin, billing),
+    ``cost_buy`` and ``margin`` only for those that see buy prices (admin)."""
 
     call_id: str
     start: float
@@ -34,11 +35,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     hangup_cause_text: str
     hangup_by: str
     incomplete: bool
-    cost: str
-    currency: str
-    billed_s: int
     destination: str
     destination_category: str
+    cost: str | None = None
+    currency: str | None = None
+    billed_s: int | None = None
     cost_buy: str | None = None
     margin: str | None = None
 

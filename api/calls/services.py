@@ -43,7 +43,7 @@ def list_calls(reader: ScopedReader, req: Request, filters: CallFilters,
 
 
 def to_call(row: Mapping[str, Any], req: Request) -> Call:
-    buy = req.principal.may("costs_buy")
+    costs, buy = req.principal.may("costs"), req.principal.may("costs_buy")
     return Call(
         call_id=row["call_id"], start=row["start"], start_local=row["start_local"],
         end=row["end"], answer=row["answer"], direction=row["direction"], caller=row["caller"],
@@ -54,9 +54,10 @@ def to_call(row: Mapping[str, Any], req: Request) -> Call:
         queue=row["queue"], transferred=row["transferred"], forwarded=row["forwarded"],
         recorded=bool(row["recordings"]), hangup_cause=row["hangup_cause"],
         hangup_cause_text=row["hangup_cause_text"], hangup_by=row["hangup_by"],
-        incomplete=row["incomplete"], cost=row["cost"], currency=row["currency"],
-        billed_s=row["billed_s"], destination=row["destination"],
+        incomplete=row["incomplete"], destination=row["destination"],
         destination_category=row["destination_category"],
+        cost=row["cost"] if costs else None, currency=row["currency"] if costs else None,
+        billed_s=row["billed_s"] if costs else None,
         cost_buy=row["cost_buy"] if buy else None, margin=row["margin"] if buy else None,
     )
 
